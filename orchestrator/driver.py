@@ -1,0 +1,211 @@
+"""The training driver: DeepSeekMath's Algorithm 1 (outcome supervision) over Ray actors.
+
+    for step in 1..total_steps:
+        sample a batch of questions                          (QuestionSampler)
+        sample G outputs per question with pi_old            (RolloutGroup -> vLLM engines)
+        score every output                                   (RewardPool -> rule verifiers)
+        group-relative advantages                            (learner.algorithm.outcome_advantages)
+        mu GRPO updates of pi_theta                          (LearnerWorker -> DeepSpeed)
+        pi_old <- pi_theta on every engine                   (weight sync)
+
+The reference model stays the initial policy (Iterative RL resets it; see a later issue).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import statistics
+import time
+
+import yaml
+
+from orchestrator.config import TrainConfig
+from orchestrator.metrics import MetricsLogger
+from orchestrator.types import Batch, Episode
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A step failed; the message names the step and the component."""
+
+
+def preflight(cfg: TrainConfig):
+    """Everything that can fail cheaply, before any actor starts: model, tokenizer, data, prompts."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from orchestrator.data import encode_prompts, load_problems
+
+    path = cfg.model.path
+    if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or path.startswith("models/")):
+        hint = " (run `grpo prepare-model` to build the tiny model)" if "SmolLM2" in path else ""
+        raise FileNotFoundError(f"model.path={path!r} does not exist{hint}")
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - one clear line for any loading failure
+        raise RuntimeError(f"model.path={path!r}: cannot load config/tokenizer: {e}") from e
+    problems = load_problems(cfg.data, "train", cfg.seed)
+    if not problems:
+        raise RuntimeError(f"data: no training questions for task {cfg.data.task!r}")
+    prompt_ids = encode_prompts(tokenizer, problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
+    return tokenizer, problems, prompt_ids
+
+
+def init_ray(cfg: TrainConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [_repo_root(), os.environ.get("PYTHONPATH")]))}}
+    if cfg.resources.address:
+        ray.init(address=cfg.resources.address, runtime_env=env, log_to_driver=True)
+        return
+    # Phases run one after another, so the local Ray may advertise more CPUs than the machine has.
+    wanted = (cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
+              + cfg.reward.num_workers * cfg.reward.num_cpus_per_worker + cfg.learner.num_cpus)
+    num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(wanted + 0.999))
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+
+
+def _repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def step_metrics(episodes: list[Episode], group_size: int) -> dict:
+    rewards = [e.reward for e in episodes]
+    lengths = [len(e.response_token_ids) for e in episodes]
+    groups = [rewards[i : i + group_size] for i in range(0, len(rewards), group_size)]
+    return {
+        "reward/mean": statistics.fmean(rewards),
+        "reward/std": statistics.pstdev(rewards),
+        "reward/accuracy": statistics.fmean(float(e.correct) for e in episodes),
+        "reward/zero_std_groups": sum(1 for g in groups if max(g) == min(g)) / len(groups),
+        "response/length_mean": statistics.fmean(lengths),
+        "response/length_max": max(lengths),
+        "response/truncated_frac": statistics.fmean(float(e.finish_reason == "length") for e in episodes),
+    }
+
+
+class Trainer:
+    """Builds the actors, runs the loop, saves the result."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out_dir = cfg.output.dir
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
+
+    def setup(self) -> None:
+        import ray
+
+        from learner.actor import LearnerWorker
+        from orchestrator.data import QuestionSampler
+        from reward.pool import RewardPool
+        from rollout.group import RolloutGroup
+
+        cfg = self.cfg
+        t0 = time.time()
+        self.tokenizer, problems, prompt_ids = preflight(cfg)
+        self.prompt_ids = {p.uid: ids for p, ids in zip(problems, prompt_ids)}
+        self.sampler = QuestionSampler(problems, cfg.data.questions_per_step, cfg.seed, cfg.data.shuffle)
+        print(f"preflight ok: {len(problems)} questions, model {cfg.model.path} ({time.time() - t0:.1f}s)", flush=True)
+        init_ray(cfg)
+        max_len = max(len(ids) for ids in prompt_ids) + cfg.rollout.max_new_tokens
+        self.sync_mode = cfg.resources.weight_sync
+        if self.sync_mode == "auto":
+            self.sync_mode = "nccl" if cfg.rollout.num_gpus_per_worker > 0 and cfg.learner.num_gpus > 0 else "file"
+        self.rollout = RolloutGroup(cfg, max_model_len=max_len, weight_transfer_backend="nccl" if self.sync_mode == "nccl" else None)
+        self.rewards = RewardPool.from_config(cfg.reward)
+        batch_size = cfg.data.questions_per_step * cfg.rollout.group_size
+        self.learner = ray.remote(LearnerWorker).options(
+            num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus
+        ).remote(cfg, batch_size)
+        print("starting actors: vLLM engines, reward workers, DeepSpeed learner ...", flush=True)
+        self.rewards.ready(cfg.resources.timeout_s)
+        self.rollout.ready()
+        self._get(self.learner.ping.remote(), "starting the learner")
+        if self.sync_mode == "nccl":
+            tps = [cfg.rollout.tensor_parallel_size] * len(self.rollout.engines)
+            self._get(self.learner.init_nccl_sync.remote(self.rollout.engines, tps, self.rollout.dtype), "NCCL weight-sync setup")
+        print(f"actors ready in {time.time() - t0:.1f}s (weight sync: {self.sync_mode})", flush=True)
+
+    def _get(self, ref, what: str):
+        import ray
+
+        try:
+            return ray.get(ref, timeout=self.cfg.resources.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise TrainingError(f"{what}: learner gave no answer within {self.cfg.resources.timeout_s:.0f}s") from None
+        except ray.exceptions.RayError as e:
+            raise TrainingError(f"{what} failed in the learner: {e}") from e
+
+    def sync_weights(self, version: int) -> float:
+        t0 = time.time()
+        if self.sync_mode == "nccl":
+            self._get(self.learner.nccl_send.remote(version), f"weight sync v{version}")
+        else:
+            blob = self.learner.export_weights_blob.remote(self.rollout.dtype)
+            self.rollout.sync_weights_blob(blob, version)
+        return time.time() - t0
+
+    def run_step(self, step: int) -> dict:
+        import torch
+
+        from learner.algorithm import outcome_advantages
+
+        cfg = self.cfg
+        t0 = time.time()
+        problems = self.sampler.next_batch()
+        episodes, gen = self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems])
+        episodes, rew = self.rewards.score(episodes, cfg.resources.timeout_s)
+        rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
+        advantages = outcome_advantages(rewards, cfg.rollout.group_size, cfg.algorithm.adv_eps)
+        batch = Batch(episodes=episodes, group_size=cfg.rollout.group_size, advantages=advantages.tolist())
+        learn = self._get(self.learner.train_step.remote(batch, step), f"step {step}: learner update")
+        sync_s = self.sync_weights(step)
+        versions = self.rollout.policy_versions()
+        if min(versions) != step:
+            raise TrainingError(f"step {step}: engines report policy versions {versions} after the sync")
+        tokens = sum(len(e.response_token_ids) for e in episodes)
+        metrics = {**step_metrics(episodes, cfg.rollout.group_size), **gen, **rew, **learn}
+        metrics.update({
+            "rollout/tokens_per_s": tokens / max(gen["time/generate_s"], 1e-9),
+            "time/sync_s": sync_s,
+            "time/step_s": time.time() - t0,
+            "policy_version": step,
+            "rollout/engine_version_min": min(versions),
+        })
+        self._write_samples(step, episodes)
+        return metrics
+
+    def _write_samples(self, step: int, episodes: list[Episode]) -> None:
+        import json
+
+        with open(os.path.join(self.out_dir, "samples.jsonl"), "a") as f:
+            for e in episodes[:: self.cfg.rollout.group_size]:
+                f.write(json.dumps({"step": step, "uid": e.problem.uid, "gold": e.problem.gold,
+                                    "response": e.response_text, "reward": e.reward}) + "\n")
+
+    def train(self) -> str:
+        cfg = self.cfg
+        self.setup()
+        logger = MetricsLogger(self.out_dir, cfg.total_steps, cfg.logging.log_every, cfg.logging.ray_metrics,
+                               tags={"run": os.path.basename(os.path.abspath(self.out_dir))})
+        for step in range(1, cfg.total_steps + 1):
+            try:
+                logger.log(step, self.run_step(step))
+            except Exception as e:
+                raise TrainingError(f"step {step} failed: {e}") from e
+        final = os.path.abspath(os.path.join(self.out_dir, "final"))
+        if cfg.output.save_final:
+            self._get(self.learner.save_pretrained.remote(final), "saving the final policy")
+            print(f"saved policy to {final}", flush=True)
+        return final
+
+    def shutdown(self) -> None:
+        for name in ("rollout", "rewards"):
+            if hasattr(self, name):
+                getattr(self, name).shutdown()

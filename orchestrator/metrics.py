@@ -1,0 +1,67 @@
+"""Per-step metrics: one progress line, one JSON line in metrics.jsonl, and Ray dashboard gauges.
+
+Names are namespaced (``reward/mean``, ``loss/kl``, ``time/generate_s``) and exported to Prometheus
+through ``ray.util.metrics`` with ``/`` replaced by ``_`` and a ``grpo_`` prefix.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+PROGRESS_KEYS = (
+    ("reward/mean", "reward {:.3f}"), ("reward/accuracy", "acc {:.3f}"), ("loss/kl", "kl {:.4f}"),
+    ("loss/loss", "loss {:+.4f}"), ("loss/clip_frac", "clip {:.3f}"), ("response/length_mean", "len {:.1f}"),
+    ("rollout/tokens_per_s", "{:.0f} tok/s"), ("time/generate_s", "gen {:.1f}s"), ("time/reward_s", "rew {:.1f}s"),
+    ("time/learn_s", "learn {:.1f}s"), ("time/sync_s", "sync {:.1f}s"),
+)
+
+
+def prometheus_name(key: str) -> str:
+    return "grpo_" + "".join(c if c.isalnum() else "_" for c in key)
+
+
+class MetricsLogger:
+    def __init__(self, out_dir: str, total_steps: int, log_every: int = 1, ray_metrics: bool = True,
+                 tags: Optional[dict] = None):
+        os.makedirs(out_dir, exist_ok=True)
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.total_steps, self.log_every = total_steps, log_every
+        self.ray_metrics, self.tags = ray_metrics, dict(tags or {})
+        self._gauges: dict = {}
+        self._t0 = time.time()
+
+    def _export(self, record: dict) -> None:
+        from ray.util.metrics import Gauge
+
+        for key, value in record.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                continue
+            if key not in self._gauges:
+                self._gauges[key] = Gauge(prometheus_name(key), description=key, tag_keys=tuple(self.tags))
+            self._gauges[key].set(float(value), tags=self.tags)
+
+    def log(self, step: int, metrics: dict) -> dict:
+        record = {"step": step, "time": round(time.time() - self._t0, 3), **metrics}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+        if self.ray_metrics:
+            try:
+                self._export(record)
+            except Exception as e:  # noqa: BLE001 - the dashboard is optional, training is not
+                log.warning("could not export Ray metrics: %s", e)
+                self.ray_metrics = False
+        if step % self.log_every == 0 or step == self.total_steps:
+            parts = [fmt.format(record[k]) for k, fmt in PROGRESS_KEYS if k in record]
+            print(f"[step {step}/{self.total_steps}] " + " | ".join(parts), flush=True)
+        return record
+
+
+def read_metrics(out_dir: str) -> list[dict]:
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,76 @@
+"""The contract between actors: what a rollout produces and what the learner consumes.
+
+Only standard-library imports, so every actor (and the driver) can import it cheaply.
+Groups are identified by an explicit ``group_id``, never by prompt text: two identical
+questions in one batch are two groups.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question of a task, with what is needed to prompt and to grade it."""
+
+    uid: str
+    """Stable id (dataset name + row), used in error messages and eval output."""
+    question: str
+    """The question text, before any chat template."""
+    gold: str
+    """The reference final answer, as a string (number for GSM8K, LaTeX for MATH)."""
+    task: str
+    """Which verifier grades it: 'gsm8k', 'math' or 'arithmetic'."""
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One sampled output o_i for one question q, with everything the learner needs."""
+
+    group_id: int
+    """Index of the group (question) inside the step's batch; groups are contiguous."""
+    problem: Problem
+    prompt_token_ids: tuple[int, ...]
+    response_token_ids: tuple[int, ...]
+    sampler_logprobs: tuple[float, ...]
+    """Log-probability the sampler gave each response token (one per token)."""
+    response_text: str
+    finish_reason: str
+    """'stop' (EOS or stop string) or 'length' (hit max_new_tokens)."""
+    policy_version: int
+    """Learner step whose weights produced this sample (0 = initial weights)."""
+    reward: float = 0.0
+    correct: bool = False
+    """Rule-verifier verdict, logged even when the reward comes from elsewhere."""
+
+    def with_reward(self, reward: float, correct: bool) -> "Episode":
+        from dataclasses import replace
+
+        return replace(self, reward=float(reward), correct=bool(correct))
+
+
+@dataclass
+class Batch:
+    """The episodes of one exploration step: ``num_groups`` groups of ``group_size`` each."""
+
+    episodes: list[Episode]
+    group_size: int
+    advantages: list[float] = field(default_factory=list)
+    """One scalar advantage per episode (outcome supervision), filled by the driver."""
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.episodes) // self.group_size
+
+    def validate(self) -> None:
+        if self.group_size < 1 or len(self.episodes) % self.group_size:
+            raise ValueError(
+                f"batch of {len(self.episodes)} episodes is not a whole number of groups of {self.group_size}"
+            )
+        for i, ep in enumerate(self.episodes):
+            if ep.group_id != i // self.group_size:
+                raise ValueError(f"episode {i} has group_id {ep.group_id}, expected {i // self.group_size}: groups must be contiguous")
+            if len(ep.sampler_logprobs) != len(ep.response_token_ids):
+                raise ValueError(f"episode {i} ({ep.problem.uid}): {len(ep.sampler_logprobs)} logprobs for {len(ep.response_token_ids)} tokens")
+        if self.advantages and len(self.advantages) != len(self.episodes):
+            raise ValueError(f"{len(self.advantages)} advantages for {len(self.episodes)} episodes")

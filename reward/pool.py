@@ -1,0 +1,299 @@
+"""Reward actors: rule verifiers run in killable worker processes with per-sample deadlines.
+
+Three layers, each wrapping the one below:
+
+* ``RuleRewardScorer`` (plain class): scores ``(task, completion, gold, uid)`` items. Each
+  verifier call runs in a one-process ``ProcessPoolExecutor`` kept warm between calls. A
+  sample that runs past ``timeout_s`` scores ``incorrect_reward`` and is counted as a
+  timeout; the stuck process is killed and the pool recreated. A verifier that raises is
+  a bug, not a wrong answer: it raises ``RewardError`` naming the sample.
+* ``RewardWorker`` (Ray actor): holds one scorer.
+* ``RewardPool`` (driver side): splits a step's episodes into contiguous shards, one per
+  worker, scores them in parallel under a deadline and returns the rewarded episodes in
+  their original order.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
+
+import ray
+
+from orchestrator.types import Episode
+from reward.verifiers import VERIFIERS, warm_up
+
+if TYPE_CHECKING:
+    from orchestrator.config import RewardConfig
+
+Item = tuple[str, str, str, str]
+"""One sample to score: (task, completion, gold, uid)."""
+
+_STARTUP_TIMEOUT_S = 300.0
+"""Deadline for starting a verifier process and importing the parsers (not a sample's time)."""
+
+
+class RewardError(RuntimeError):
+    """Scoring failed for a reason other than a wrong answer; the message names the sample or worker."""
+
+
+def _exit_when_orphaned() -> None:
+    """Pool-process initializer: exit if the parent dies (a killed actor leaves no strays)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """forkserver where available (cheap restarts from a warm server), else spawn.
+
+    Never plain fork: the Ray actor that owns the pool runs threads.
+    """
+    if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("spawn")
+
+
+class RuleRewardScorer:
+    """Scores items with rule verifiers, each sample under its own deadline."""
+
+    def __init__(
+        self,
+        correct_reward: float = 1.0,
+        incorrect_reward: float = 0.0,
+        timeout_s: float = 10.0,
+        verifiers: Optional[Mapping[str, Callable[[str, str], bool]]] = None,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.correct_reward = float(correct_reward)
+        self.incorrect_reward = float(incorrect_reward)
+        self.timeout_s = float(timeout_s)
+        self.verifiers = dict(VERIFIERS if verifiers is None else verifiers)
+        self._pool: Optional[cf.ProcessPoolExecutor] = None
+        self._context = _mp_context()
+        if self._context.get_start_method() == "forkserver":
+            # Imported once by the fork server, so a restarted verifier process is ready in
+            # well under a second (no effect if this process's fork server already runs).
+            modules = {"math_verify", "reward.verifiers", __name__}
+            modules |= {fn.__module__ for fn in self.verifiers.values()}
+            self._context.set_forkserver_preload(sorted(modules))
+
+    # -- pool lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the verifier process and import the parsers, outside any sample's deadline."""
+        if self._pool is not None:
+            return
+        pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context, initializer=_exit_when_orphaned)
+        try:
+            pool.submit(warm_up).result(timeout=_STARTUP_TIMEOUT_S)
+        except BaseException as err:
+            self._kill(pool)
+            raise RewardError(f"could not start the verifier process: {type(err).__name__}: {err}") from err
+        self._pool = pool
+
+    def close(self) -> None:
+        """Kill the verifier process (idempotent)."""
+        if self._pool is not None:
+            self._kill(self._pool)
+            self._pool = None
+
+    @staticmethod
+    def _kill(pool: cf.ProcessPoolExecutor) -> None:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        for process in processes:
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=5.0)
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def _verifier(self, task: str, uid: str) -> Callable[[str, str], bool]:
+        try:
+            return self.verifiers[task]
+        except KeyError:
+            known = ", ".join(sorted(self.verifiers))
+            raise RewardError(f"sample {uid!r}: unknown task {task!r} (known: {known})") from None
+
+    def _submit(self, items: Sequence[Item]) -> list[cf.Future]:
+        assert self._pool is not None
+        return [self._pool.submit(self._verifier(task, uid), completion, gold) for task, completion, gold, uid in items]
+
+    def score(self, items: Sequence[Item]) -> tuple[list[tuple[float, bool]], dict]:
+        """Score items in order; returns [(reward, correct), ...] and {'timeouts', 'seconds'}.
+
+        All pending items are queued at once; the single worker runs them in order, so
+        waiting on each future in turn with ``timeout_s`` gives every sample its own
+        deadline, measured from when the previous one finished.
+        """
+        started = time.monotonic()
+        for task, _, _, uid in items:
+            self._verifier(task, uid)  # fail on an unknown task before any work
+        results: list[tuple[float, bool]] = []
+        timeouts = 0
+        while len(results) < len(items):
+            self.start()
+            pending = items[len(results):]
+            futures = self._submit(pending)
+            for (task, _, _, uid), future in zip(pending, futures):
+                try:
+                    correct = bool(future.result(timeout=self.timeout_s))
+                except cf.TimeoutError:
+                    timeouts += 1
+                    results.append((self.incorrect_reward, False))
+                    self.close()  # kill the stuck process; the rest is resubmitted to a new one
+                    break
+                except BrokenProcessPool as err:
+                    self.close()
+                    raise RewardError(f"verifier process died while scoring sample {uid!r} (task {task!r})") from err
+                except Exception as err:
+                    self.close()  # drop the samples still queued behind it: the next call starts clean
+                    raise RewardError(
+                        f"verifier for task {task!r} raised on sample {uid!r}: {type(err).__name__}: {err}"
+                    ) from err
+                results.append((self.correct_reward if correct else self.incorrect_reward, correct))
+        return results, {"timeouts": timeouts, "seconds": time.monotonic() - started}
+
+
+@ray.remote
+class RewardWorker:
+    """Ray actor holding one RuleRewardScorer; its verifier process starts with the actor."""
+
+    def __init__(
+        self,
+        correct_reward: float,
+        incorrect_reward: float,
+        timeout_s: float,
+        verifiers: Optional[Mapping[str, Callable[[str, str], bool]]] = None,
+    ) -> None:
+        self._scorer = RuleRewardScorer(correct_reward, incorrect_reward, timeout_s, verifiers)
+        self._scorer.start()
+
+    def score(self, items: Sequence[Item]) -> tuple[list[tuple[float, bool]], dict]:
+        return self._scorer.score(items)
+
+    def ping(self) -> int:
+        """Liveness check; returns the actor's process id."""
+        return os.getpid()
+
+    def close(self) -> None:
+        self._scorer.close()
+
+
+def _shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) ranges splitting n items into `parts` near-equal shards."""
+    size, extra = divmod(n, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+class RewardPool:
+    """Driver-side handle on ``num_workers`` RewardWorker actors."""
+
+    def __init__(
+        self,
+        num_workers: int = 1,
+        num_cpus_per_worker: float = 0.5,
+        correct_reward: float = 1.0,
+        incorrect_reward: float = 0.0,
+        timeout_s: float = 10.0,
+        verifiers: Optional[Mapping[str, Callable[[str, str], bool]]] = None,
+        name_prefix: str = "reward-worker",
+    ) -> None:
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.names = [f"{name_prefix}-{i}" for i in range(num_workers)]
+        self.workers = [
+            RewardWorker.options(name=name, num_cpus=num_cpus_per_worker).remote(
+                correct_reward, incorrect_reward, timeout_s, verifiers
+            )
+            for name in self.names
+        ]
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: "RewardConfig",
+        verifiers: Optional[Mapping[str, Callable[[str, str], bool]]] = None,
+        name_prefix: str = "reward-worker",
+    ) -> "RewardPool":
+        """Build from a ``RewardConfig``."""
+        return cls(
+            num_workers=cfg.num_workers,
+            num_cpus_per_worker=cfg.num_cpus_per_worker,
+            correct_reward=cfg.correct_reward,
+            incorrect_reward=cfg.incorrect_reward,
+            timeout_s=cfg.timeout_s,
+            verifiers=verifiers,
+            name_prefix=name_prefix,
+        )
+
+    def ready(self, timeout_s: float) -> None:
+        """Wait until every worker has started its verifier process; RewardError names a late one."""
+        self._gather([(name, worker.ping.remote()) for name, worker in zip(self.names, self.workers)], timeout_s)
+
+    def _gather(self, calls: list[tuple[str, "ray.ObjectRef"]], timeout_s: float) -> list:
+        """ray.get every call under one deadline, naming the late or failed worker."""
+        refs = [ref for _, ref in calls]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        ready_set = set(ready)
+        late = [name for name, ref in calls if ref not in ready_set]
+        if late:
+            raise RewardError(f"reward workers {', '.join(late)} did not answer within {timeout_s:.1f}s")
+        values = []
+        for name, ref in calls:
+            try:
+                values.append(ray.get(ref, timeout=timeout_s))
+            except ray.exceptions.GetTimeoutError as err:
+                raise RewardError(f"reward worker {name} did not answer within {timeout_s:.1f}s") from err
+            except ray.exceptions.RayTaskError as err:
+                cause = err.cause if getattr(err, "cause", None) is not None else err
+                raise RewardError(f"reward worker {name} failed: {cause}") from err
+            except ray.exceptions.RayActorError as err:
+                raise RewardError(f"reward worker {name} died: {err}") from err
+        return values
+
+    def score(self, episodes: Sequence[Episode], timeout_s: float) -> tuple[list[Episode], dict]:
+        """Score episodes in parallel; returns them rewarded, in order, with aggregated stats."""
+        started = time.monotonic()
+        items = [
+            (ep.problem.task, ep.response_text, ep.problem.gold, f"{ep.problem.uid} (episode {i}, group {ep.group_id})")
+            for i, ep in enumerate(episodes)
+        ]
+        bounds = _shard_bounds(len(items), len(self.workers))
+        shards = [(b, name, worker) for b, name, worker in zip(bounds, self.names, self.workers) if b[1] > b[0]]
+        calls = [(name, worker.score.remote(items[start:end])) for (start, end), name, worker in shards]
+        answers = self._gather(calls, timeout_s)
+        rewarded: list[Episode] = []
+        timeouts = 0
+        for ((start, end), name, _), (results, stats) in zip(shards, answers):
+            if len(results) != end - start:
+                raise RewardError(f"reward worker {name} returned {len(results)} results for {end - start} episodes")
+            rewarded.extend(ep.with_reward(r, c) for ep, (r, c) in zip(episodes[start:end], results))
+            timeouts += stats["timeouts"]
+        return rewarded, {"reward/timeouts": timeouts, "time/reward_s": time.monotonic() - started}
+
+    def shutdown(self) -> None:
+        """Kill the worker actors (their verifier processes exit with them)."""
+        for worker in self.workers:
+            try:
+                ray.kill(worker)
+            except Exception:  # already dead: nothing to release
+                pass
+        self.workers = []

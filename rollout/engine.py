@@ -1,0 +1,186 @@
+"""One vLLM engine that samples groups of outputs and takes new weights from the learner.
+
+``RolloutEngine`` is plain Python (usable without Ray, e.g. by ``grpo eval``); ``rollout.group``
+wraps it in a Ray actor. Prompts arrive as token ids (tokenised once by the driver), and every
+sample comes back as an ``Episode`` with its token ids, the sampler's per-token logprobs, the
+finish reason and the policy version that produced it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from orchestrator.types import Episode, Problem
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "rollout.worker_extension.WeightSyncExtension"
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What the driver asks of one generation call (kept free of vLLM types so it pickles cheaply)."""
+
+    n: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+def _shm_dir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+class RolloutEngine:
+    """Owns one ``vllm.LLM``; generates groups and reloads weights in place."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "bfloat16",
+        max_model_len: int = 2048,
+        gpu_memory_utilization: float = 0.15,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = True,
+        enable_prefix_caching: bool = True,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        weight_transfer_backend: Optional[str] = None,
+        name: str = "rollout-engine",
+    ):
+        from vllm import LLM
+
+        self.name = name
+        self.policy_version = 0
+        kwargs = dict(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+            worker_extension_cls=EXTENSION,
+            # Logprobs of the distribution actually sampled from (after temperature), so they are
+            # comparable with the learner's logits / temperature.
+            logprobs_mode="processed_logprobs",
+        )
+        if weight_transfer_backend:
+            kwargs["weight_transfer_config"] = {"backend": weight_transfer_backend}
+        t0 = time.time()
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        log.info("%s: loaded %s in %.1fs", name, model_path, time.time() - t0)
+
+    # ----------------------------------------------------------------------------- generation
+    def generate(
+        self, requests: Sequence[tuple[int, Problem, Sequence[int]]], spec: SamplingSpec
+    ) -> tuple[list[Episode], dict]:
+        """Sample ``spec.n`` outputs for each (group_id, problem, prompt_token_ids); groups stay contiguous."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(
+            n=spec.n,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=spec.max_new_tokens,
+            logprobs=0,  # the sampled token's own logprob
+        )
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for _, _, ids in requests]
+        t0 = time.time()
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.time() - t0
+        episodes: list[Episode] = []
+        for (group_id, problem, prompt_ids), out in zip(requests, outputs):
+            for sample in sorted(out.outputs, key=lambda s: s.index):
+                token_ids = tuple(sample.token_ids)
+                logprobs = tuple(float(step[tid].logprob) for step, tid in zip(sample.logprobs, token_ids))
+                episodes.append(
+                    Episode(
+                        group_id=group_id,
+                        problem=problem,
+                        prompt_token_ids=tuple(prompt_ids),
+                        response_token_ids=token_ids,
+                        sampler_logprobs=logprobs,
+                        response_text=sample.text,
+                        finish_reason=sample.finish_reason or "length",
+                        policy_version=self.policy_version,
+                    )
+                )
+        tokens = sum(len(e.response_token_ids) for e in episodes)
+        return episodes, {"tokens": tokens, "seconds": seconds, "prompts": len(requests)}
+
+    def generate_text(self, prompts: Sequence[Sequence[int]], spec: SamplingSpec) -> list[list[str]]:
+        """Plain texts for evaluation: ``spec.n`` completions per prompt (temperature 0 = greedy)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        return [[s.text for s in sorted(o.outputs, key=lambda s: s.index)] for o in outs]
+
+    def score_sequence(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> list[float]:
+        """The engine's logprob of each response token given everything before it (teacher forcing)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        ids = list(prompt_ids) + list(response_ids)
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
+        scored = out.prompt_logprobs[len(prompt_ids):]
+        return [float(pos[tid].logprob) for pos, tid in zip(scored, response_ids)]
+
+    # ---------------------------------------------------------------------------- weight sync
+    def load_weights_blob(self, blob: bytes, version: int) -> float:
+        """CPU path: ``blob`` is a safetensors file's bytes (it arrives through Ray's object store, so it
+        works across nodes); it is written to shared memory and reloaded by every worker of this engine."""
+        t0 = time.time()
+        fd, path = tempfile.mkstemp(prefix=f"grpo-weights-v{version}-", suffix=".safetensors", dir=_shm_dir())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            self.llm.collective_rpc("load_weights_from_file", args=(path,))
+        finally:
+            os.unlink(path)
+        self._after_update(version)
+        return time.time() - t0
+
+    def _after_update(self, version: int) -> None:
+        # KV blocks computed with the old weights must never be reused.
+        self.llm.reset_prefix_cache()
+        self.policy_version = version
+
+    def weights_fingerprint(self) -> float:
+        return float(self.llm.collective_rpc("weights_fingerprint")[0])
+
+    # ------------------------------------------- GPU path: vLLM's NCCL weight-transfer engine
+    # These names are what vllm.distributed.weight_transfer.RayVLLMWeightSyncClient calls on us.
+    def init_weight_transfer_engine(self, request) -> None:
+        self.llm.collective_rpc("init_weight_transfer_engine", args=(request.init_info,))
+
+    def start_weight_update(self) -> None:
+        self.llm.collective_rpc("start_weight_update")
+
+    def update_weights(self, request) -> None:
+        self.llm.collective_rpc("update_weights", args=(request.update_info,))
+
+    def finish_weight_update(self) -> None:
+        self.llm.collective_rpc("finish_weight_update")
+        self.llm.reset_prefix_cache()
+
+    def update_weight_version(self, version: str) -> None:
+        self._after_update(int(version))
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.llm.collective_rpc("shutdown_weight_transfer_engine")
+
+    def get_policy_version(self) -> int:
+        return self.policy_version
+
+    def ping(self) -> str:
+        return self.name

@@ -1,0 +1,85 @@
+"""The config tree: YAML + overrides, type coercion, validation naming the field, field docs."""
+import dataclasses
+
+import pytest
+
+from orchestrator.config import (
+    ConfigError, TrainConfig, describe, field_docs, load_config, parse_overrides,
+)
+from tests.conftest import ROOT, SHARED_DATA
+
+
+def test_defaults_validate():
+    cfg = TrainConfig().validate()
+    assert cfg.algorithm.kl_coef == 0.04 and cfg.algorithm.clip_eps == 0.2 and cfg.algorithm.mu == 1
+
+
+def test_every_field_has_a_docstring():
+    def walk(cls):
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                walk(type(default))
+
+    walk(TrainConfig)
+    lines = describe()
+    assert any(line.startswith("rollout.group_size = 8  # G:") for line in lines)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\n  group_size: 4\nlearner:\n  lr: 3.0e-6\n  micro_batch_size: 4\n")
+    cfg = load_config(str(path), ["rollout.group_size=16", "learner.lr=2e-5", "data.shuffle=false",
+                                  "learner.adam_betas=[0.8,0.9]", "resources.address=none"])
+    assert cfg.rollout.group_size == 16
+    assert cfg.learner.lr == pytest.approx(2e-5) and isinstance(cfg.learner.lr, float)
+    assert cfg.data.shuffle is False
+    assert cfg.learner.adam_betas == (0.8, 0.9)
+    assert cfg.resources.address is None
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=2.5"]) == {"a": {"b": 1, "c": "x"}, "d": 2.5}
+
+
+@pytest.mark.parametrize("override, field", [
+    (["rollout.group_size=1"], "rollout.group_size"),
+    (["algorithm.clip_eps=1.5"], "algorithm.clip_eps"),
+    (["learner.zero_stage=4"], "learner.zero_stage"),
+    (["data.task=poetry"], "data.task"),
+    (["rollout.group_size=abc"], "rollout.group_size"),
+    (["rollout.group_size=2.5"], "rollout.group_size"),
+    (["data.shuffle=maybe"], "data.shuffle"),
+    (["learner.micro_batch_size=3"], "learner.micro_batch_size"),
+    (["data.task=gsm8k"], "data.train_file"),
+    (["data.task=gsm8k", "data.train_file=/nope/train.jsonl"], "data.train_file"),
+    (["rollout.nonsense=1"], "rollout.nonsense"),
+    (["rollout=3"], "rollout"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, override)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nope.yaml")
+
+
+def test_shipped_configs():
+    tiny = load_config(str(ROOT / "configs/tiny_cpu.yaml"))
+    assert tiny.data.task == "arithmetic" and tiny.total_steps <= 5
+    paper = load_config(str(ROOT / "configs/deepseekmath_7b.yaml"))
+    assert paper.rollout.group_size == 64
+    assert paper.rollout.max_new_tokens == 1024
+    assert paper.learner.lr == pytest.approx(1e-6)
+    assert paper.algorithm.kl_coef == pytest.approx(0.04)
+    assert paper.algorithm.mu == 1
+    assert paper.data.questions_per_step * paper.rollout.group_size == 1024
+
+
+def test_local_gsm8k_file_accepted():
+    cfg = load_config(None, ["data.task=gsm8k", f"data.train_file={SHARED_DATA / 'gsm8k/train.jsonl'}"])
+    assert cfg.data.train_file.endswith("train.jsonl")
