@@ -44,15 +44,11 @@ class LearnerWorker:
         return self.trainer.version
 
     def _collate(self, batch: Batch):
-        eps = batch.episodes
-        return collate(
-            [e.prompt_token_ids for e in eps], [e.response_token_ids for e in eps],
-            [e.sampler_logprobs for e in eps], batch.advantages, pad_token_id=self.trainer.pad_id,
-        )
+        return collate(batch.episodes, pad_token_id=self.trainer.pad_id)
 
     def train_step(self, batch: Batch, step: int) -> dict:
         batch.validate()
-        return self.trainer.train_step(self._collate(batch), step)
+        return self.trainer.train_step(self._collate(batch), step, batch.group_size)
 
     def sequence_logprobs(self, batch: Batch, reference: bool = False) -> list[list[float]]:
         """Per episode, the learner's logprob of each response token (for agreement checks and tests)."""

@@ -1,39 +1,125 @@
 """Pure GRPO math (Group Relative Policy Optimization, DeepSeekMath, Shao et al. 2024).
 
-This module only depends on ``torch``. It implements the outcome-supervised
-GRPO objective of DeepSeekMath (eq. 3), for a question ``q`` with a group of
-``G`` sampled outputs ``o_1 .. o_G`` drawn from the old policy:
+This module only depends on ``torch`` (and :mod:`learner.registry`, also pure torch,
+whose names it re-exports: import everything from here). It implements the GRPO
+objective of DeepSeekMath (eq. 3), for a question ``q`` with a group of ``G`` sampled
+outputs ``o_1 .. o_G`` drawn from the old policy:
 
     J(theta) = 1/G * sum_i 1/|o_i| * sum_t {
                    min( r_it * A_it, clip(r_it, 1 - eps, 1 + eps) * A_it )
                    - beta * D_KL[pi_theta || pi_ref]_it }
 
-    r_it      = pi_theta(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t)
-    A_it      = (R_i - mean(R)) / std(R)                (outcome supervision,
-                                                         same for every token)
-    D_KL_it   = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1       ("k3", >= 0)
+    r_it = pi_theta(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t)
 
-The learner minimises ``-J``. Sequences are averaged over their own response
-tokens first and then over sequences (the DeepSeekMath "sequence-mean"
-aggregation), which is what :func:`grpo_loss` computes.
+The learner minimises ``-J`` (:func:`grpo_loss`).
+
+Advantages
+----------
+Outcome supervision (:func:`outcome_advantages`), one reward ``R_i`` per output, the
+same advantage for every token of the output::
+
+    A_it = (R_i - mean(R)) / (std(R) + eps)        normalize_std=True (paper)
+    A_it =  R_i - mean(R)                          normalize_std=False
+
+with mean and Bessel-corrected std over the output's group. Process supervision
+(:func:`process_advantages`, DeepSeekMath sec. 4.1.3): output ``i`` has steps
+``j = 1..K_i`` with rewards ``R_ij`` whose last tokens are ``end_ij``; pooling the step
+rewards of all outputs of the group::
+
+    R~_ij = (R_ij - mean(R_group)) / (std(R_group) + eps)   (or without the std)
+    A_it  = sum_{j : end_ij >= t} R~_ij                     (0 after the last step)
+
+A group whose (pooled) rewards are all equal, or a group of one (outcome) / with fewer
+than two step rewards (process), gets exactly zero advantages.
+
+KL estimators (``KL_ESTIMATORS``; ``d = logp - ref = log(pi_theta / pi_ref)``)
+-------------------------------------------------------------------------------
+    "k1":  d                    "k2":  d^2 / 2
+    "k3":  exp(-d) + d - 1 = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1   (paper)
+
+Loss aggregations (``LOSS_AGGREGATIONS``; per-token ``x``, mask ``m``, ``n_i`` tokens)
+--------------------------------------------------------------------------------------
+    "seq-mean-token-mean":  sum_i (1/n_i) sum_t m_it x_it / S      (paper, default)
+    "token-mean":           sum_i sum_t m_it x_it / K
+    "seq-mean-token-sum":   sum_i sum_t m_it x_it / S
+
+``S`` = number of sequences (``num_sequences``, default the batch size), ``K`` = number
+of masked tokens (``num_tokens``, default this batch's count). Passing the optimiser
+step's totals to every micro-batch makes the micro-batch losses sum to the full loss.
+
+KL placement
+------------
+``kl_coef`` in :func:`grpo_loss` puts the KL in the loss (paper). Alternatively
+:func:`kl_penalized_rewards` subtracts ``kl_coef * sum_t KL_t`` from each output's reward
+before the advantages are computed; the loss then uses ``kl_coef=0``.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from learner.registry import (
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    Registry,
+    aggregate_seq_mean_token_mean,
+    aggregate_seq_mean_token_sum,
+    aggregate_token_mean,
+    k1_kl,
+    k2_kl,
+    k3_kl,
+)
+
 __all__ = [
+    "Registry",
+    "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
+    "NonFiniteError",
     "outcome_advantages",
+    "process_advantages",
+    "stack_response_advantages",
+    "k1_kl",
+    "k2_kl",
     "k3_kl",
+    "aggregate_seq_mean_token_mean",
+    "aggregate_token_mean",
+    "aggregate_seq_mean_token_sum",
     "token_logprobs",
     "masked_mean",
     "grpo_loss",
+    "kl_penalized_rewards",
+    "check_finite",
 ]
 
 
-def outcome_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+class NonFiniteError(RuntimeError):
+    """A tensor that must be finite holds NaN or +-inf (raised by :func:`check_finite`)."""
+
+
+def _center_and_scale(values: torch.Tensor, count: int, eps: float, normalize_std: bool) -> torch.Tensor:
+    """``(v - mean) / (std + eps)`` (or ``v - mean``) along the last dim of ``values``.
+
+    ``count`` is the size of that dim. Rows that are constant, or ``count < 2``, give
+    exact zeros. The Bessel std is computed by hand (no torch dof warnings).
+    """
+    mean = values.mean(dim=-1, keepdim=True)
+    centered = values - mean
+    if count < 2:
+        return torch.zeros_like(values)
+    if normalize_std:
+        std = (centered.pow(2).sum(dim=-1, keepdim=True) / (count - 1)).sqrt()
+        out = centered / (std + eps)
+    else:
+        out = centered
+    constant = values.amax(dim=-1, keepdim=True) == values.amin(dim=-1, keepdim=True)
+    return torch.where(constant, torch.zeros_like(out), out)
+
+
+def outcome_advantages(
+    rewards: torch.Tensor, group_size: int, eps: float = 1e-6, normalize_std: bool = True
+) -> torch.Tensor:
     """Group-normalised outcome advantages.
 
     Args:
@@ -41,12 +127,13 @@ def outcome_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6
             ``[k*group_size, (k+1)*group_size)`` belong to prompt ``k``.
         group_size: number of samples per prompt (``G``); must divide ``N``.
         eps: added to the group std for numerical stability.
+        normalize_std: divide by the group std (paper); ``False`` only centres.
 
     Returns:
-        ``[N]`` tensor ``(r - mean(group)) / (std(group) + eps)`` where ``std`` is
-        the Bessel-corrected (unbiased) standard deviation. A group whose rewards
-        are all equal (including every group when ``group_size == 1``) gets
-        exactly zero advantages, without NaNs or warnings.
+        ``[N]`` tensor ``(r - mean(group)) / (std(group) + eps)`` (or ``r - mean``)
+        where ``std`` is the Bessel-corrected (unbiased) standard deviation. A group
+        whose rewards are all equal (including every group when ``group_size == 1``)
+        gets exactly zero advantages, without NaNs or warnings.
 
     Raises:
         ValueError: if ``rewards`` is not 1-D, ``group_size < 1`` or ``N`` is not
@@ -62,27 +149,97 @@ def outcome_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6
     if not rewards.is_floating_point():
         rewards = rewards.float()
     grouped = rewards.reshape(-1, group_size)  # [num_groups, G]
-    mean = grouped.mean(dim=1, keepdim=True)
-    centered = grouped - mean
-    if group_size > 1:
-        # Manual unbiased std: avoids torch's degrees-of-freedom warning paths.
-        std = (centered.pow(2).sum(dim=1, keepdim=True) / (group_size - 1)).sqrt()
-    else:
-        std = torch.zeros_like(mean)
-    adv = centered / (std + eps)
-    constant = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)
-    adv = torch.where(constant, torch.zeros_like(adv), adv)
-    return adv.reshape(n)
+    return _center_and_scale(grouped, group_size, eps, normalize_std).reshape(n)
 
 
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token "k3" KL estimator of KL(pi_theta || pi_ref) (Schulman, 2020).
+def process_advantages(
+    step_rewards: Sequence[torch.Tensor],
+    step_ends: Sequence[torch.Tensor],
+    lengths: Union[Sequence[int], torch.Tensor],
+    group_size: int,
+    eps: float = 1e-6,
+    normalize_std: bool = True,
+) -> list:
+    """Per-token advantages from per-step rewards (process supervision).
 
-    ``exp(ref - logp) - (ref - logp) - 1``; elementwise, any (matching) shape.
-    Always >= 0 and exactly 0 where ``ref == logp``.
+    Args:
+        step_rewards: one 1-D float tensor per output (groups contiguous, ``group_size``
+            outputs each): the reward of each reasoning step of that output.
+        step_ends: one 1-D integer tensor per output, same lengths as ``step_rewards``:
+            the 0-based index, among the output's response tokens, of each step's last
+            token; strictly increasing and ``< lengths[i]``.
+        lengths: number of response tokens of each output.
+        group_size: outputs per question.
+        eps: added to the pooled std.
+        normalize_std: divide by the pooled std; ``False`` only centres.
+
+    Every step reward is normalised with the mean and (Bessel) std of *all* step
+    rewards of its group, pooled over the group's outputs (a group whose pooled rewards
+    are all equal, or that has fewer than 2 of them, gets zeros). Token ``t`` of output
+    ``i`` then gets the sum of the normalised rewards of the steps of ``i`` that end at
+    or after ``t``; tokens after the last step end get 0.
+
+    Returns:
+        A list of ``[lengths[i]]`` float tensors (no grad).
+
+    Raises:
+        ValueError: on mismatched list lengths, a bad ``group_size``, or, naming the
+            output index, a step count mismatch, non-increasing / negative step ends or
+            a step end ``>= lengths[i]``.
     """
-    log_ratio = ref_logprobs - logprobs
-    return torch.exp(log_ratio) - log_ratio - 1.0
+    n = len(step_rewards)
+    if len(step_ends) != n or len(lengths) != n:
+        raise ValueError(
+            f"got {n} step_rewards, {len(step_ends)} step_ends and {len(lengths)} lengths; "
+            f"need one of each per output"
+        )
+    if group_size < 1 or n % group_size != 0:
+        raise ValueError(f"{n} outputs are not a whole number of groups of group_size={group_size}")
+    rewards, ends, lens = [], [], []
+    for i in range(n):
+        r = torch.as_tensor(step_rewards[i]).detach().reshape(-1)
+        r = r if r.is_floating_point() else r.float()
+        e = torch.as_tensor(step_ends[i]).detach().reshape(-1).long()
+        length = int(lengths[i])
+        if r.numel() != e.numel():
+            raise ValueError(f"output {i}: {r.numel()} step rewards but {e.numel()} step ends")
+        if length < 0:
+            raise ValueError(f"output {i}: negative length {length}")
+        if e.numel() and bool((e[1:] <= e[:-1]).any()):
+            raise ValueError(f"output {i}: step ends {e.tolist()} are not strictly increasing")
+        if e.numel() and (int(e[0]) < 0 or int(e[-1]) >= length):
+            raise ValueError(f"output {i}: step ends {e.tolist()} out of range for length {length}")
+        rewards.append(r)
+        ends.append(e)
+        lens.append(length)
+
+    out = []
+    for g in range(0, n, group_size):
+        pooled = torch.cat(rewards[g:g + group_size])
+        normed = _center_and_scale(pooled, pooled.numel(), eps, normalize_std)
+        offset = 0
+        for i in range(g, g + group_size):
+            k = rewards[i].numel()
+            mine = normed[offset:offset + k]
+            offset += k
+            # suffix[j] = sum of normalised rewards of steps j..K-1; suffix[K] = 0.
+            suffix = torch.cat([mine.flip(0).cumsum(0).flip(0), mine.new_zeros(1)])
+            # first step whose end is >= t (K when none is: after the last step).
+            first = torch.searchsorted(ends[i], torch.arange(lens[i]), right=False)
+            out.append(suffix[first])
+    return out
+
+
+def stack_response_advantages(advs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Right-pad per-output token advantages with 0 into ``[B, max_len]``."""
+    if len(advs) == 0:
+        return torch.zeros(0, 0)
+    width = max(int(a.numel()) for a in advs)
+    dtype = torch.promote_types(advs[0].dtype, torch.float32) if advs[0].is_floating_point() else torch.float32
+    out = torch.zeros(len(advs), width, dtype=dtype)
+    for i, a in enumerate(advs):
+        out[i, : a.numel()] = a.reshape(-1)
+    return out
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -147,25 +304,38 @@ def grpo_loss(
     clip_eps: float = 0.2,
     kl_coef: float = 0.04,
     num_sequences: Optional[int] = None,
+    *,
+    kl_estimator: str = "k3",
+    loss_agg: str = "seq-mean-token-mean",
+    num_tokens: Optional[float] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """Negative DeepSeekMath GRPO objective (see module docstring).
+    """Negative GRPO objective (see module docstring).
 
     Args:
         logprobs: ``[B, T]`` current-policy token log-probs (requires grad).
         old_logprobs: ``[B, T]`` log-probs of the sampling policy (no grad used).
         ref_logprobs: ``[B, T]`` log-probs of the frozen reference policy.
-        advantages: ``[B, T]`` or ``[B]`` (broadcast over tokens).
+        advantages: ``[B, T]`` (per token, e.g. process supervision) or ``[B]``
+            (broadcast over tokens).
         mask: ``[B, T]``, bool or float; 1 for response tokens. Values of the
             other inputs at masked-out positions are ignored (may be inf/NaN).
         clip_eps: PPO clip range ``eps``; ratio clipped to ``[1-eps, 1+eps]``.
-        kl_coef: ``beta``, weight of the k3 KL penalty.
-        num_sequences: normaliser for the sum over sequences. ``None`` means
-            ``B`` (plain mean over this batch). Pass the number of sequences in
-            the *whole* optimiser step when splitting it into micro-batches:
-            then summing the returned losses (and accumulating gradients) over
-            the micro-batches gives exactly the full-batch loss and gradient.
+        kl_coef: ``beta``, weight of the KL penalty (0 when the KL is placed in the
+            reward instead, see :func:`kl_penalized_rewards`).
+        num_sequences: ``S`` of the aggregation. ``None`` means ``B``. Pass the
+            number of sequences in the *whole* optimiser step when splitting it into
+            micro-batches (and ``num_tokens``, its masked-token count, for
+            ``"token-mean"``): then summing the returned losses (and accumulating
+            gradients) over the micro-batches gives exactly the full-batch loss and
+            gradient.
+        kl_estimator: a ``KL_ESTIMATORS`` name: ``"k1"``, ``"k2"`` or ``"k3"`` (paper).
+        loss_agg: a ``LOSS_AGGREGATIONS`` name: ``"seq-mean-token-mean"`` (paper),
+            ``"token-mean"`` or ``"seq-mean-token-sum"``.
+        num_tokens: ``K`` of ``"token-mean"``; ``None`` means this batch's count.
 
-    Per sequence ``i`` with ``n_i`` masked tokens::
+    Per token, ``obj_it = min(r*A, clip(r)*A) - kl_coef * KL_it``, and
+    ``loss = -agg(obj)``. With the defaults, per sequence ``i`` with ``n_i`` masked
+    tokens::
 
         obj_i = 1/n_i * sum_t [ min(r*A, clip(r)*A) - kl_coef * k3 ]
         loss  = -sum_i obj_i / num_sequences
@@ -174,16 +344,21 @@ def grpo_loss(
 
     Returns:
         ``(loss, metrics)``; ``loss`` is a scalar tensor. ``metrics`` holds
-        Python floats: ``loss``; ``pg_loss`` (``-sum_i mean_t pg / N``) and
-        ``kl`` (``sum_i mean_t k3 / N``), so ``loss = pg_loss + kl_coef * kl``
-        and, like the loss, they sum over micro-batches when ``num_sequences``
-        is given; token-level statistics over this batch's masked tokens:
+        Python floats: ``loss``; ``pg_loss`` (``-agg(pg)``) and ``kl``
+        (``agg(KL)`` with the chosen estimator), so ``loss = pg_loss + kl_coef * kl``
+        and, like the loss, they sum over micro-batches when the totals are given;
+        token-level statistics over this batch's masked tokens:
         ``clip_frac`` (fraction where clipping was active: ratio outside
         ``[1-eps, 1+eps]`` *and* the clipped term strictly smaller than the
         unclipped one, i.e. the min selected the clipped term and the token
         gets no policy gradient), ``ratio_mean``, ``ratio_max``, ``adv_mean``
         (mean advantage over masked tokens). All are 0.0 with no masked tokens.
+
+    Raises:
+        ValueError: on shape mismatches, non-positive totals or unknown names.
     """
+    estimate_kl = KL_ESTIMATORS.get(kl_estimator)
+    aggregate = LOSS_AGGREGATIONS.get(loss_agg)
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
     shape = logprobs.shape
@@ -196,9 +371,10 @@ def grpo_loss(
         advantages = advantages.unsqueeze(-1)
     elif advantages.shape != shape:
         raise ValueError(f"advantages shape {tuple(advantages.shape)} != logprobs shape {tuple(shape)}")
-    denom = shape[0] if num_sequences is None else int(num_sequences)
-    if denom <= 0:
+    if num_sequences is not None and int(num_sequences) <= 0:
         raise ValueError(f"num_sequences must be positive, got {num_sequences}")
+    if num_tokens is not None and not float(num_tokens) > 0:
+        raise ValueError(f"num_tokens must be positive, got {num_tokens}")
 
     keep = mask if mask.dtype == torch.bool else mask != 0
     dtype = logprobs.dtype
@@ -215,13 +391,9 @@ def grpo_loss(
     surr_unclipped = ratio * adv
     surr_clipped = clipped_ratio * adv
     pg = torch.minimum(surr_unclipped, surr_clipped)
-    kl = k3_kl(logp, ref)
+    kl = estimate_kl(logp, ref)
 
-    n_tokens = keep.to(dtype).sum(dim=-1).clamp(min=1.0)  # [B]
-    pg_seq = torch.where(keep, pg, zeros).sum(dim=-1) / n_tokens
-    kl_seq = torch.where(keep, kl, zeros).sum(dim=-1) / n_tokens
-    obj_seq = pg_seq - kl_coef * kl_seq
-    loss = -obj_seq.sum() / denom
+    loss = -aggregate(pg - kl_coef * kl, keep, num_sequences, num_tokens)
 
     with torch.no_grad():
         outside = (ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_eps)
@@ -233,11 +405,80 @@ def grpo_loss(
             ratio_max = 0.0
         metrics = {
             "loss": float(loss.detach().item()),
-            "pg_loss": float((-pg_seq.sum() / denom).item()),
-            "kl": float((kl_seq.sum() / denom).item()),
+            "pg_loss": float((-aggregate(pg, keep, num_sequences, num_tokens)).item()),
+            "kl": float(aggregate(kl, keep, num_sequences, num_tokens).item()),
             "clip_frac": float(clipped.sum().item()) / n_total if n_total else 0.0,
             "ratio_mean": float(masked_mean(ratio, keep).item()),
             "ratio_max": ratio_max,
             "adv_mean": float(masked_mean(adv, keep).item()),
         }
     return loss, metrics
+
+
+def kl_penalized_rewards(
+    rewards: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    estimator: str = "k1",
+) -> torch.Tensor:
+    """Outcome rewards with the KL to the reference policy subtracted ("KL in the reward").
+
+    ``R'_i = R_i - kl_coef * sum_t m_it * KL_it`` with ``KL`` the chosen
+    ``KL_ESTIMATORS`` estimator (``"k1"``: ``sum_t log(pi/pi_ref)``, the sequence-level
+    log-ratio, as in PPO-style RLHF). Computed without gradient; masked-out positions are
+    ignored (may be inf/NaN). When the KL is placed in the reward, compute the
+    advantages from ``R'`` and call :func:`grpo_loss` with ``kl_coef=0`` so the KL is
+    not counted twice.
+
+    Args:
+        rewards: ``[B]``. logprobs, ref_logprobs, mask: ``[B, T]`` (sampling-policy and
+            reference log-probs of the response tokens; 1 in ``mask`` for response
+            tokens).
+
+    Returns:
+        ``[B]`` float tensor.
+    """
+    estimate_kl = KL_ESTIMATORS.get(estimator)
+    if logprobs.dim() != 2:
+        raise ValueError(f"logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
+    for name, t in (("ref_logprobs", ref_logprobs), ("mask", mask)):
+        if t.shape != logprobs.shape:
+            raise ValueError(f"{name} shape {tuple(t.shape)} != logprobs shape {tuple(logprobs.shape)}")
+    if rewards.shape != logprobs.shape[:1]:
+        raise ValueError(f"rewards shape {tuple(rewards.shape)} does not match batch {logprobs.shape[0]}")
+    with torch.no_grad():
+        keep = mask if mask.dtype == torch.bool else mask != 0
+        dtype = torch.promote_types(logprobs.dtype, torch.float32)
+        zeros = torch.zeros(logprobs.shape, dtype=dtype, device=logprobs.device)
+        logp = torch.where(keep, logprobs.detach().to(dtype), zeros)
+        ref = torch.where(keep, ref_logprobs.detach().to(dtype), zeros)
+        kl_seq = torch.where(keep, estimate_kl(logp, ref), zeros).sum(dim=-1)
+        base = rewards.detach().to(dtype) if not rewards.is_floating_point() else rewards.detach()
+        return base - kl_coef * kl_seq.to(base.dtype)
+
+
+def check_finite(name: str, tensor: torch.Tensor, context: str) -> torch.Tensor:
+    """Raise :class:`NonFiniteError` if ``tensor`` holds NaN or +-inf; else return it.
+
+    The message names the tensor, the caller's ``context`` (e.g. ``"step 3, batch of
+    64 sequences"``), how many values are bad out of how many, and the first bad
+    index (row-major) with its value, e.g.::
+
+        non-finite loss (step 3, batch of 64 sequences): 2 of 6 values are NaN/inf;
+        first at index (1, 0) = nan
+    """
+    t = torch.as_tensor(tensor).detach()
+    if not (t.is_floating_point() or t.is_complex()):
+        return tensor
+    bad = ~torch.isfinite(t)
+    count = int(bad.sum().item())
+    if count == 0:
+        return tensor
+    first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+    value = t[first].item()
+    raise NonFiniteError(
+        f"non-finite {name} ({context}): {count} of {t.numel()} values are NaN/inf; "
+        f"first at index {first} = {value}"
+    )

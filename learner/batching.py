@@ -2,14 +2,17 @@
 
 Each row is prompt + response, right-padded. Targets are the next tokens, so position t of the
 [B, L-1] target tensors scores token t+1; ``response_mask`` marks the positions whose target is a
-response token. Prompt tokens are never trained on.
+response token (response token k of row i sits at target position ``prompt_len_i - 1 + k``).
+Prompt tokens are never trained on.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+
+from orchestrator.types import Episode
 
 
 @dataclass
@@ -18,8 +21,13 @@ class TokenBatch:
     attention_mask: torch.Tensor  # [B, L] long
     targets: torch.Tensor  # [B, L-1] long: input_ids shifted left
     response_mask: torch.Tensor  # [B, L-1] float: 1 where the target is a response token
-    advantages: torch.Tensor  # [B] or [B, L-1] float
     sampler_logprobs: torch.Tensor  # [B, L-1] float, 0 outside the response
+    rewards: torch.Tensor  # [B] float
+    prompt_lengths: list[int] = field(default_factory=list)
+    response_lengths: list[int] = field(default_factory=list)
+    step_rewards: list[torch.Tensor] = field(default_factory=list)  # per row [n_steps] (process supervision)
+    step_ends: list[torch.Tensor] = field(default_factory=list)  # per row [n_steps] long
+    advantages: torch.Tensor | None = None  # [B] or [B, L-1], filled by the learner
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -27,27 +35,35 @@ class TokenBatch:
     def slice(self, start: int, end: int) -> "TokenBatch":
         """Rows [start, end), trimmed to the longest row so micro-batches carry no extra padding."""
         width = int(self.attention_mask[start:end].sum(dim=1).max().item())
+        adv = self.advantages
+        if adv is not None:
+            adv = adv[start:end] if adv.dim() == 1 else adv[start:end, : width - 1]
         return TokenBatch(
             input_ids=self.input_ids[start:end, :width],
             attention_mask=self.attention_mask[start:end, :width],
             targets=self.targets[start:end, : width - 1],
             response_mask=self.response_mask[start:end, : width - 1],
-            advantages=self.advantages[start:end] if self.advantages.dim() == 1 else self.advantages[start:end, : width - 1],
             sampler_logprobs=self.sampler_logprobs[start:end, : width - 1],
+            rewards=self.rewards[start:end],
+            prompt_lengths=self.prompt_lengths[start:end],
+            response_lengths=self.response_lengths[start:end],
+            step_rewards=self.step_rewards[start:end],
+            step_ends=self.step_ends[start:end],
+            advantages=adv,
         )
 
+    def scatter_response(self, per_row: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Place one [response_len_i] tensor per row at its target positions of a [B, L-1] zero tensor."""
+        out = torch.zeros_like(self.response_mask)
+        for i, values in enumerate(per_row):
+            start = self.prompt_lengths[i] - 1
+            out[i, start : start + len(values)] = values.to(out.dtype)
+        return out
 
-def collate(
-    prompts: Sequence[Sequence[int]],
-    responses: Sequence[Sequence[int]],
-    sampler_logprobs: Sequence[Sequence[float]],
-    advantages: Sequence[float],
-    pad_token_id: int = 0,
-) -> TokenBatch:
-    """Pad (prompt, response) pairs into a TokenBatch; one scalar advantage per sequence."""
-    if not (len(prompts) == len(responses) == len(sampler_logprobs) == len(advantages)):
-        raise ValueError("prompts, responses, sampler_logprobs and advantages must have the same length")
-    rows = [list(p) + list(r) for p, r in zip(prompts, responses)]
+
+def collate(episodes: Sequence[Episode], pad_token_id: int = 0) -> TokenBatch:
+    """Pad episodes into a TokenBatch (rewards, sampler logprobs and step annotations included)."""
+    rows = [list(e.prompt_token_ids) + list(e.response_token_ids) for e in episodes]
     width = max(len(r) for r in rows)
     if width < 2:
         raise ValueError("every sequence needs at least two tokens (a prompt token and a response token)")
@@ -56,21 +72,26 @@ def collate(
     attention = torch.zeros((n, width), dtype=torch.long)
     response_mask = torch.zeros((n, width - 1), dtype=torch.float32)
     old = torch.zeros((n, width - 1), dtype=torch.float32)
-    for i, (p, r, lp) in enumerate(zip(prompts, responses, sampler_logprobs)):
-        if len(lp) != len(r):
-            raise ValueError(f"row {i}: {len(lp)} sampler logprobs for {len(r)} response tokens")
-        length = len(p) + len(r)
-        input_ids[i, :length] = torch.tensor(rows[i], dtype=torch.long)
-        attention[i, :length] = 1
-        # target index t scores token t+1: the response occupies targets [len(p)-1, length-1)
-        response_mask[i, len(p) - 1 : length - 1] = 1.0
+    for i, e in enumerate(episodes):
+        p, r = len(e.prompt_token_ids), len(e.response_token_ids)
+        if len(e.sampler_logprobs) != r:
+            raise ValueError(f"row {i} ({e.problem.uid}): {len(e.sampler_logprobs)} sampler logprobs for {r} response tokens")
+        if p < 1:
+            raise ValueError(f"row {i} ({e.problem.uid}): empty prompt")
+        input_ids[i, : p + r] = torch.tensor(rows[i], dtype=torch.long)
+        attention[i, : p + r] = 1
+        response_mask[i, p - 1 : p + r - 1] = 1.0
         if r:
-            old[i, len(p) - 1 : length - 1] = torch.tensor(lp, dtype=torch.float32)
+            old[i, p - 1 : p + r - 1] = torch.tensor(e.sampler_logprobs, dtype=torch.float32)
     return TokenBatch(
         input_ids=input_ids,
         attention_mask=attention,
         targets=input_ids[:, 1:].clone(),
         response_mask=response_mask,
-        advantages=torch.tensor(list(advantages), dtype=torch.float32),
         sampler_logprobs=old,
+        rewards=torch.tensor([e.reward for e in episodes], dtype=torch.float32),
+        prompt_lengths=[len(e.prompt_token_ids) for e in episodes],
+        response_lengths=[len(e.response_token_ids) for e in episodes],
+        step_rewards=[torch.tensor(e.step_rewards, dtype=torch.float32) for e in episodes],
+        step_ends=[torch.tensor(e.step_ends, dtype=torch.long) for e in episodes],
     )

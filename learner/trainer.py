@@ -11,18 +11,16 @@ import logging
 import math
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from learner.algorithm import grpo_loss, token_logprobs
+from learner.algorithm import (
+    check_finite, grpo_loss, kl_penalized_rewards, outcome_advantages, process_advantages, token_logprobs,
+)
 from learner.batching import TokenBatch
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or logprob became NaN/inf; raised before the optimizer touches the weights."""
 
 
 def resolve_dtype(name: str, on_gpu: bool) -> torch.dtype:
@@ -44,6 +42,43 @@ def deepspeed_config(lcfg, micro_batch_size: int, grad_accum: int, world_size: i
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor], fill_old: bool, algo,
+                micro_batch_size: int, counts: tuple[int, float], forward: Callable, backward: Callable,
+                context: str, device=torch.device("cpu")) -> dict:
+    """The mu x micro-batch loop of one exploration step; returns summed per-micro-batch metrics.
+
+    ``forward(mb) -> [b, w-1] logprobs`` (with grad), ``backward(loss)`` accumulates (and steps at the
+    boundary). ``counts`` = (sequences, response tokens) of the whole step over all ranks, so the
+    accumulated gradient does not depend on the micro-batch size. With ``fill_old`` the first update's
+    own logprobs become ``old`` (in place).
+    """
+    loss_kl_coef = algo.kl_coef if algo.kl_placement == "loss" else 0.0
+    sums: dict[str, float] = {}
+    for update in range(algo.mu):
+        for start in range(0, len(batch), micro_batch_size):
+            end = start + micro_batch_size
+            mb = batch.slice(start, end)
+            width = mb.targets.shape[1]
+            mb_mask = mb.response_mask.to(device)
+            logp = forward(mb)
+            where = f"{context}, update {update}, sequences {start}-{end}"
+            check_finite("policy logprobs", logp.detach() * mb_mask, where)
+            if fill_old and update == 0:
+                old[start:end, :width] = logp.detach().cpu() * mb.response_mask
+            mb_old = old[start:end, :width].to(device)
+            mb_ref = ref[start:end, :width].to(device) if ref is not None else mb_old
+            loss, m = grpo_loss(
+                logp, mb_old, mb_ref, mb.advantages.to(device), mb_mask,
+                clip_eps=algo.clip_eps, kl_coef=loss_kl_coef, kl_estimator=algo.kl_estimator,
+                loss_agg=algo.loss_agg, num_sequences=counts[0], num_tokens=counts[1],
+            )
+            check_finite("loss", loss.detach(), where)
+            backward(loss)
+            for k, v in m.items():
+                sums[k] = max(sums.get(k, v), v) if k == "ratio_max" else sums.get(k, 0.0) + v
+    return sums
 
 
 class PolicyTrainer:
@@ -105,53 +140,65 @@ class PolicyTrainer:
         return self._frozen_logprobs(self.reference if reference else self.engine.module, batch)
 
     # ------------------------------------------------------------------------------ train
-    def train_step(self, batch: TokenBatch, step: int) -> dict:
+    def compute_advantages(self, batch: TokenBatch, group_size: int, old, ref) -> torch.Tensor:
+        """[B] outcome advantages or [B, L-1] process advantages, as the config selects."""
+        algo = self.cfg.algorithm
+        if algo.supervision == "process":
+            per_row = process_advantages(batch.step_rewards, batch.step_ends, batch.response_lengths, group_size,
+                                         eps=algo.adv_eps, normalize_std=algo.normalize_std)
+            return batch.scatter_response(per_row)
+        rewards = batch.rewards
+        if algo.kl_placement == "reward" and ref is not None:
+            rewards = kl_penalized_rewards(rewards, old, ref, batch.response_mask, algo.kl_coef, algo.kl_estimator)
+        return outcome_advantages(rewards, group_size, eps=algo.adv_eps, normalize_std=algo.normalize_std)
+
+    def _global_counts(self, batch: TokenBatch) -> tuple[int, float]:
+        """Sequences and response tokens of the whole step, over all learner ranks."""
+        counts = torch.tensor([float(len(batch)), float(batch.response_mask.sum())], device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(counts)
+        return int(counts[0].item()), float(counts[1].item())
+
+    def train_step(self, batch: TokenBatch, step: int, group_size: int) -> dict:
         """mu GRPO updates on one exploration step's batch; returns aggregated metrics.
 
-        The old-policy logprobs are the policy's own logprobs in the first update (the weights only
-        change at the end of it, after the last micro-batch), so they cost no extra forward pass and
-        the first update's ratio is exactly 1. Later updates (mu > 1) reuse them.
+        With ``algorithm.old_logprobs='learner'`` the old-policy logprobs are the policy's own logprobs
+        in the first update (the weights only change after its last micro-batch), so they cost no
+        extra forward pass and the first update's ratio is exactly 1; later updates (mu > 1) reuse them.
         """
         algo = self.cfg.algorithm
         t0 = time.time()
-        mask = batch.response_mask
+        context = f"step {step}, batch of {len(batch)} sequences"
+        check_finite("rewards", batch.rewards, context)
         ref = self.sequence_logprobs(batch, reference=True) if algo.kl_coef > 0 else None
-        for name, t in (("reference logprobs", ref), ("advantages", batch.advantages)):
-            if t is not None and not torch.isfinite(t).all():
-                raise NonFiniteError(f"step {step}: non-finite {name} in a batch of {len(batch)} sequences")
+        if ref is not None:
+            check_finite("reference logprobs", ref, context)
+        old = None
+        if algo.old_logprobs == "sampler":
+            old = batch.sampler_logprobs.clone()
+        elif algo.kl_placement == "reward" and ref is not None:
+            old = self.sequence_logprobs(batch)  # the reward penalty needs them before any update
+        batch.advantages = self.compute_advantages(batch, group_size, old, ref)
+        check_finite("advantages", batch.advantages, context)
+        fill_old = old is None
+        old = torch.zeros_like(batch.response_mask) if old is None else old
+        num_sequences, num_tokens = self._global_counts(batch)
         metrics = {"time/learner_ref_s": time.time() - t0}
-        old = torch.zeros_like(mask)
-        total = len(batch) * self.world_size
-        sums: dict[str, float] = {}
-        for update in range(algo.mu):
-            for start in range(0, len(batch), self.micro_batch_size):
-                end = start + self.micro_batch_size
-                mb = batch.slice(start, end)
-                width = mb.targets.shape[1]
-                logp = self._logprobs(self.engine, mb)
-                if not torch.isfinite(logp.detach() * mb.response_mask.to(logp.device)).all():
-                    raise NonFiniteError(f"step {step}, update {update}, sequences {start}-{end}: non-finite policy logprobs")
-                if update == 0:
-                    old[start:end, :width] = logp.detach().cpu() * mb.response_mask
-                mb_ref = ref[start:end, :width] if ref is not None else old[start:end, :width]
-                loss, m = grpo_loss(
-                    logp, old[start:end, :width].to(self.device), mb_ref.to(self.device),
-                    mb.advantages.to(self.device), mb.response_mask.to(self.device),
-                    clip_eps=algo.clip_eps, kl_coef=algo.kl_coef, num_sequences=total,
-                )
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(f"step {step}, update {update}, sequences {start}-{end}: loss is {loss.item()}")
-                self.engine.backward(loss, scale_wrt_gas=False)
-                self.engine.step()
-                for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + v
-        n_tok = float(mask.sum().clamp(min=1))
-        metrics["rollout/logprob_abs_diff"] = float(((old - batch.sampler_logprobs).abs() * mask).sum() / n_tok)
+
+        def backward(loss):
+            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.step()
+
+        sums = run_updates(batch, old, ref, fill_old, algo, self.micro_batch_size, (num_sequences, num_tokens),
+                           lambda mb: self._logprobs(self.engine, mb), backward, context, self.device)
+        mask = batch.response_mask
+        metrics["rollout/logprob_abs_diff"] = float(((old - batch.sampler_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1))
         n_mb = algo.mu * math.ceil(len(batch) / self.micro_batch_size)
         for k in ("loss", "pg_loss", "kl"):  # these add up over micro-batches to the full-batch value
             metrics[f"loss/{k}"] = sums.get(k, 0.0) / algo.mu
         for k in ("clip_frac", "ratio_mean", "adv_mean"):
             metrics[f"loss/{k}"] = sums.get(k, 0.0) / n_mb
+        metrics["loss/ratio_max"] = sums.get("ratio_max", 0.0)
         grad_norm = self.engine.get_global_grad_norm()
         metrics["loss/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         self.version += 1

@@ -16,6 +16,10 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 import yaml
 
 TASKS = ("gsm8k", "math", "arithmetic")
+# Names of the variants registered in learner.algorithm (kept here so validation needs no torch import;
+# tests/orchestrator/test_config.py checks that both lists agree).
+LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
+KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 class ConfigError(ValueError):
@@ -106,6 +110,22 @@ class AlgorithmConfig:
     """Policy updates per exploration step (DeepSeekMath: 1)."""
     adv_eps: float = 1e-6
     """Added to the group std when normalising rewards."""
+    supervision: str = "outcome"
+    """'outcome': the normalised final reward on every token; 'process': each token gets the sum of the
+    normalised rewards of its own and all later reasoning steps (DeepSeekMath section 4.1.3)."""
+    step_separator: str = "\n\n"
+    """Process supervision: text that ends a reasoning step (default: a blank line)."""
+    normalize_std: bool = True
+    """Divide group-centred rewards by the group std (the paper); false keeps only the mean baseline."""
+    loss_agg: str = "seq-mean-token-mean"
+    """How token terms become the loss: 'seq-mean-token-mean' (paper), 'token-mean' or 'seq-mean-token-sum'."""
+    kl_estimator: str = "k3"
+    """KL(pi_theta || pi_ref) estimator: 'k3' (paper, unbiased and >= 0), 'k1' (log ratio) or 'k2' (squared log ratio / 2)."""
+    kl_placement: str = "loss"
+    """'loss': beta*KL inside the objective (paper); 'reward': beta*sum of KL subtracted from each reward (outcome only)."""
+    old_logprobs: str = "learner"
+    """Logprobs of the policy that sampled, for the ratio: 'learner' (recomputed, the first update's ratio is
+    exactly 1) or 'sampler' (vLLM's, saves nothing on CPU but tests the sampler/learner gap)."""
 
 
 @dataclass
@@ -206,6 +226,14 @@ class TrainConfig:
             ("algorithm.kl_coef", self.algorithm.kl_coef >= 0, "must be >= 0"),
             ("algorithm.mu", self.algorithm.mu >= 1, "must be >= 1"),
             ("algorithm.adv_eps", self.algorithm.adv_eps > 0, "must be > 0"),
+            ("algorithm.supervision", self.algorithm.supervision in ("outcome", "process"), "must be 'outcome' or 'process'"),
+            ("algorithm.step_separator", bool(self.algorithm.step_separator), "must not be empty"),
+            ("algorithm.loss_agg", self.algorithm.loss_agg in LOSS_AGGS, f"must be one of {LOSS_AGGS}"),
+            ("algorithm.kl_estimator", self.algorithm.kl_estimator in KL_ESTIMATORS, f"must be one of {KL_ESTIMATORS}"),
+            ("algorithm.kl_placement", self.algorithm.kl_placement in ("loss", "reward"), "must be 'loss' or 'reward'"),
+            ("algorithm.kl_placement", self.algorithm.kl_placement == "loss" or self.algorithm.supervision == "outcome",
+             "'reward' works with outcome supervision only"),
+            ("algorithm.old_logprobs", self.algorithm.old_logprobs in ("learner", "sampler"), "must be 'learner' or 'sampler'"),
             ("learner.lr", self.learner.lr > 0, "must be > 0"),
             ("learner.zero_stage", self.learner.zero_stage in (0, 1, 2, 3), "must be 0, 1, 2 or 3"),
             ("learner.micro_batch_size", self.learner.micro_batch_size >= 1, "must be >= 1"),

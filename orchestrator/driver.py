@@ -1,11 +1,10 @@
-"""The training driver: DeepSeekMath's Algorithm 1 (outcome supervision) over Ray actors.
+"""The training driver: DeepSeekMath's Algorithm 1 over Ray actors.
 
     for step in 1..total_steps:
         sample a batch of questions                          (QuestionSampler)
         sample G outputs per question with pi_old            (RolloutGroup -> vLLM engines)
-        score every output                                   (RewardPool -> rule verifiers)
-        group-relative advantages                            (learner.algorithm.outcome_advantages)
-        mu GRPO updates of pi_theta                          (LearnerWorker -> DeepSpeed)
+        score every output (and each step, if process)       (RewardPool -> rule verifiers; reward.process)
+        group-relative advantages, mu GRPO updates           (LearnerWorker -> learner.algorithm, DeepSpeed)
         pi_old <- pi_theta on every engine                   (weight sync)
 
 The reference model stays the initial policy (Iterative RL resets it; see a later issue).
@@ -152,18 +151,17 @@ class Trainer:
         return time.time() - t0
 
     def run_step(self, step: int) -> dict:
-        import torch
-
-        from learner.algorithm import outcome_advantages
+        from reward.process import with_rule_step_rewards
 
         cfg = self.cfg
         t0 = time.time()
         problems = self.sampler.next_batch()
         episodes, gen = self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems])
         episodes, rew = self.rewards.score(episodes, cfg.resources.timeout_s)
-        rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
-        advantages = outcome_advantages(rewards, cfg.rollout.group_size, cfg.algorithm.adv_eps)
-        batch = Batch(episodes=episodes, group_size=cfg.rollout.group_size, advantages=advantages.tolist())
+        if cfg.algorithm.supervision == "process":
+            episodes = with_rule_step_rewards(episodes, self.tokenizer, cfg.algorithm.step_separator,
+                                              cfg.reward.correct_reward, cfg.reward.incorrect_reward)
+        batch = Batch(episodes=episodes, group_size=cfg.rollout.group_size)
         learn = self._get(self.learner.train_step.remote(batch, step), f"step {step}: learner update")
         sync_s = self.sync_weights(step)
         versions = self.rollout.policy_versions()

@@ -6,7 +6,7 @@ questions in one batch are two groups.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,18 @@ class Episode:
     reward: float = 0.0
     correct: bool = False
     """Rule-verifier verdict, logged even when the reward comes from elsewhere."""
+    step_rewards: tuple[float, ...] = ()
+    """Process supervision: the reward of each reasoning step (empty under outcome supervision)."""
+    step_ends: tuple[int, ...] = ()
+    """Process supervision: index (within the response tokens) of each step's last token, increasing."""
 
     def with_reward(self, reward: float, correct: bool) -> "Episode":
-        from dataclasses import replace
-
         return replace(self, reward=float(reward), correct=bool(correct))
+
+    def with_steps(self, step_rewards, step_ends) -> "Episode":
+        if len(step_rewards) != len(step_ends):
+            raise ValueError(f"{self.problem.uid}: {len(step_rewards)} step rewards for {len(step_ends)} steps")
+        return replace(self, step_rewards=tuple(float(r) for r in step_rewards), step_ends=tuple(int(e) for e in step_ends))
 
 
 @dataclass
@@ -55,8 +62,6 @@ class Batch:
 
     episodes: list[Episode]
     group_size: int
-    advantages: list[float] = field(default_factory=list)
-    """One scalar advantage per episode (outcome supervision), filled by the driver."""
 
     @property
     def num_groups(self) -> int:
@@ -72,5 +77,3 @@ class Batch:
                 raise ValueError(f"episode {i} has group_id {ep.group_id}, expected {i // self.group_size}: groups must be contiguous")
             if len(ep.sampler_logprobs) != len(ep.response_token_ids):
                 raise ValueError(f"episode {i} ({ep.problem.uid}): {len(ep.sampler_logprobs)} logprobs for {len(ep.response_token_ids)} tokens")
-        if self.advantages and len(self.advantages) != len(self.episodes):
-            raise ValueError(f"{len(self.advantages)} advantages for {len(self.episodes)} episodes")

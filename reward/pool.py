@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import ray
 
+from orchestrator.remote import gather, shard_bounds
 from orchestrator.types import Episode
 from reward.verifiers import VERIFIERS, warm_up
 
@@ -192,17 +193,6 @@ class RewardWorker:
         self._scorer.close()
 
 
-def _shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous [start, end) ranges splitting n items into `parts` near-equal shards."""
-    size, extra = divmod(n, parts)
-    bounds, start = [], 0
-    for i in range(parts):
-        end = start + size + (1 if i < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
-
-
 class RewardPool:
     """Driver-side handle on ``num_workers`` RewardWorker actors."""
 
@@ -249,25 +239,7 @@ class RewardPool:
         self._gather([(name, worker.ping.remote()) for name, worker in zip(self.names, self.workers)], timeout_s)
 
     def _gather(self, calls: list[tuple[str, "ray.ObjectRef"]], timeout_s: float) -> list:
-        """ray.get every call under one deadline, naming the late or failed worker."""
-        refs = [ref for _, ref in calls]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        ready_set = set(ready)
-        late = [name for name, ref in calls if ref not in ready_set]
-        if late:
-            raise RewardError(f"reward workers {', '.join(late)} did not answer within {timeout_s:.1f}s")
-        values = []
-        for name, ref in calls:
-            try:
-                values.append(ray.get(ref, timeout=timeout_s))
-            except ray.exceptions.GetTimeoutError as err:
-                raise RewardError(f"reward worker {name} did not answer within {timeout_s:.1f}s") from err
-            except ray.exceptions.RayTaskError as err:
-                cause = err.cause if getattr(err, "cause", None) is not None else err
-                raise RewardError(f"reward worker {name} failed: {cause}") from err
-            except ray.exceptions.RayActorError as err:
-                raise RewardError(f"reward worker {name} died: {err}") from err
-        return values
+        return gather(calls, timeout_s, "reward workers", RewardError)
 
     def score(self, episodes: Sequence[Episode], timeout_s: float) -> tuple[list[Episode], dict]:
         """Score episodes in parallel; returns them rewarded, in order, with aggregated stats."""
@@ -276,7 +248,7 @@ class RewardPool:
             (ep.problem.task, ep.response_text, ep.problem.gold, f"{ep.problem.uid} (episode {i}, group {ep.group_id})")
             for i, ep in enumerate(episodes)
         ]
-        bounds = _shard_bounds(len(items), len(self.workers))
+        bounds = shard_bounds(len(items), len(self.workers))
         shards = [(b, name, worker) for b, name, worker in zip(bounds, self.names, self.workers) if b[1] > b[0]]
         calls = [(name, worker.score.remote(items[start:end])) for (start, end), name, worker in shards]
         answers = self._gather(calls, timeout_s)

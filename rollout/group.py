@@ -11,6 +11,7 @@ from typing import Sequence
 
 import ray
 
+from orchestrator.remote import gather, shard_bounds
 from orchestrator.types import Episode, Problem
 from rollout.engine import RolloutEngine, SamplingSpec
 
@@ -28,29 +29,8 @@ def engine_dtype(model_dtype: str, on_gpu: bool) -> str:
     return "bfloat16" if on_gpu else "float32"
 
 
-def shard(items: Sequence, n: int) -> list[list]:
-    """Split into n contiguous, nearly equal parts (earlier parts get the remainder)."""
-    base, extra = divmod(len(items), n)
-    out, start = [], 0
-    for i in range(n):
-        end = start + base + (1 if i < extra else 0)
-        out.append(list(items[start:end]))
-        start = end
-    return out
-
-
 def _wait(refs: list, names: list[str], timeout_s: float, what: str) -> list:
-    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    if pending:
-        late = [names[refs.index(r)] for r in pending]
-        raise RolloutError(f"{what}: no answer from {', '.join(late)} within {timeout_s:.0f}s")
-    results = []
-    for ref, name in zip(refs, names):
-        try:
-            results.append(ray.get(ref))
-        except Exception as e:  # noqa: BLE001 - re-raised with the actor's name
-            raise RolloutError(f"{what} failed on {name}: {e}") from e
-    return results
+    return gather(list(zip(names, refs)), timeout_s, what, RolloutError)
 
 
 class RolloutGroup:
@@ -89,7 +69,7 @@ class RolloutGroup:
         rc = self.cfg.rollout
         spec = SamplingSpec(n=rc.group_size, max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p)
         requests = [(i, p, tuple(ids)) for i, (p, ids) in enumerate(zip(problems, prompt_ids))]
-        parts = shard(requests, len(self.engines))
+        parts = [requests[a:b] for a, b in shard_bounds(len(requests), len(self.engines))]
         used = [(e, n, part) for e, n, part in zip(self.engines, self.names, parts) if part]
         t0 = time.time()
         results = _wait([e.generate.remote(part, spec) for e, _, part in used], [n for _, n, _ in used], self.timeout_s, "generation")

@@ -245,3 +245,22 @@ def test_grpo_loss_shape_errors():
         grpo_loss(x, x, x, torch.zeros(3), x)
     with pytest.raises(ValueError):
         grpo_loss(x, torch.zeros(2, 4), x, torch.zeros(2), x)
+
+
+def test_grpo_loss_positional_signature_unchanged():
+    logp, old, ref, adv, mask = _example()
+    # (logprobs, old, ref, advantages, mask, clip_eps, kl_coef, num_sequences) positionally;
+    # the variant options are keyword-only and default to the paper's k3 / seq-mean-token-mean.
+    loss, _ = grpo_loss(logp, old, ref, adv, mask, 0.2, 0.04, 4)
+    assert close(loss, -0.1520405, atol=1e-6)  # same as test_grpo_loss_num_sequences_scaling
+    with pytest.raises(TypeError):
+        grpo_loss(logp, old, ref, adv, mask, 0.2, 0.04, 4, "k1")
+
+
+def test_outcome_advantages_normalize_std_flag():
+    r = torch.tensor([3.0, 0.0, 0.0])
+    # default keeps the std: [2, -1, -1]/1.7320508 = [1.1547005, -0.5773503, -0.5773503]
+    assert close(outcome_advantages(r, 3, eps=0.0), [1.1547005, -0.5773503, -0.5773503])
+    assert close(outcome_advantages(r, 3, eps=0.0, normalize_std=True), [1.1547005, -0.5773503, -0.5773503])
+    # off: only centred, mean 1 -> [2, -1, -1]
+    assert close(outcome_advantages(r, 3, normalize_std=False), [2.0, -1.0, -1.0])

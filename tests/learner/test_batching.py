@@ -3,26 +3,48 @@ import pytest
 import torch
 
 from learner.batching import collate
+from orchestrator.types import Episode, Problem
+
+P = Problem(uid="u", question="q", gold="1", task="arithmetic")
+
+
+def _ep(prompt, response, logprobs, reward=0.0, steps=(), ends=()):
+    return Episode(group_id=0, problem=P, prompt_token_ids=tuple(prompt), response_token_ids=tuple(response),
+                   sampler_logprobs=tuple(logprobs), response_text="", finish_reason="stop", policy_version=0,
+                   reward=reward, step_rewards=tuple(steps), step_ends=tuple(ends))
+
+
+def _two_rows():
+    # row 0: prompt [5, 6], response [7, 8, 9]; row 1: prompt [5], response [4]
+    return collate([_ep([5, 6], [7, 8, 9], [-0.1, -0.2, -0.3], 1.0, (1.0, 0.0), (0, 2)), _ep([5], [4], [-0.4], 0.0)])
 
 
 def test_collate_positions():
-    # row 0: prompt [5, 6], response [7, 8, 9]; row 1: prompt [5], response [4]
-    b = collate([[5, 6], [5]], [[7, 8, 9], [4]], [[-0.1, -0.2, -0.3], [-0.4]], [1.5, -1.5], pad_token_id=0)
+    b = _two_rows()
     assert b.input_ids.tolist() == [[5, 6, 7, 8, 9], [5, 4, 0, 0, 0]]
     assert b.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
     assert b.targets.tolist() == [[6, 7, 8, 9], [4, 0, 0, 0]]
     # target t scores token t+1; response tokens of row 0 are targets 1..3, of row 1 target 0
     assert b.response_mask.tolist() == [[0, 1, 1, 1], [1, 0, 0, 0]]
     assert torch.allclose(b.sampler_logprobs, torch.tensor([[0, -0.1, -0.2, -0.3], [-0.4, 0, 0, 0]]))
-    assert b.advantages.tolist() == [1.5, -1.5]
+    assert b.rewards.tolist() == [1.0, 0.0]
+    assert b.prompt_lengths == [2, 1] and b.response_lengths == [3, 1]
+    assert b.step_ends[0].tolist() == [0, 2] and b.step_rewards[1].numel() == 0
+
+
+def test_scatter_response_aligns_with_mask():
+    b = _two_rows()
+    placed = b.scatter_response([torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0])])
+    assert placed.tolist() == [[0, 1, 2, 3], [4, 0, 0, 0]]
+    assert torch.equal(placed != 0, b.response_mask.bool())
 
 
 def test_slice_trims_padding():
-    b = collate([[5, 6], [5]], [[7, 8, 9], [4]], [[-0.1, -0.2, -0.3], [-0.4]], [1.0, 2.0])
-    s = b.slice(1, 2)
+    s = _two_rows().slice(1, 2)
     assert s.input_ids.tolist() == [[5, 4]] and s.targets.tolist() == [[4]] and s.response_mask.tolist() == [[1]]
+    assert s.rewards.tolist() == [0.0] and s.prompt_lengths == [1]
 
 
 def test_collate_rejects_mismatched_logprobs():
-    with pytest.raises(ValueError, match="row 0: 1 sampler logprobs for 2 response tokens"):
-        collate([[1]], [[2, 3]], [[-0.1]], [0.0])
+    with pytest.raises(ValueError, match=r"row 0 \(u\): 1 sampler logprobs for 2 response tokens"):
+        collate([_ep([1], [2, 3], [-0.1])])

@@ -83,3 +83,24 @@ def test_shipped_configs():
 def test_local_gsm8k_file_accepted():
     cfg = load_config(None, ["data.task=gsm8k", f"data.train_file={SHARED_DATA / 'gsm8k/train.jsonl'}"])
     assert cfg.data.train_file.endswith("train.jsonl")
+
+
+def test_variant_names_match_the_registries():
+    from learner.algorithm import KL_ESTIMATORS as KL_REGISTRY
+    from learner.algorithm import LOSS_AGGREGATIONS
+    from orchestrator.config import KL_ESTIMATORS, LOSS_AGGS
+
+    assert sorted(LOSS_AGGS) == sorted(LOSS_AGGREGATIONS.names())
+    assert sorted(KL_ESTIMATORS) == sorted(KL_REGISTRY.names())
+
+
+@pytest.mark.parametrize("override, field", [
+    (["algorithm.supervision=token"], "algorithm.supervision"),
+    (["algorithm.loss_agg=sum"], "algorithm.loss_agg"),
+    (["algorithm.kl_estimator=k4"], "algorithm.kl_estimator"),
+    (["algorithm.supervision=process", "algorithm.kl_placement=reward"], "algorithm.kl_placement"),
+    (["algorithm.old_logprobs=engine"], "algorithm.old_logprobs"),
+])
+def test_variant_fields_validated(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, override)

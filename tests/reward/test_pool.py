@@ -5,7 +5,7 @@ import pytest
 import ray
 
 from orchestrator.types import Episode, Problem
-from reward.pool import RewardError, RewardPool, RuleRewardScorer, _shard_bounds
+from reward.pool import RewardError, RewardPool, RuleRewardScorer
 from tests.reward.faulty_verifiers import FAULTY_VERIFIERS
 
 CORRECT, INCORRECT = 2.0, -0.5
@@ -61,12 +61,6 @@ def pool(ray_cluster):
     p.ready(timeout_s=120)
     yield p
     p.shutdown()
-
-
-def test_shard_bounds_are_contiguous_and_balanced():
-    assert _shard_bounds(5, 2) == [(0, 3), (3, 5)]
-    assert _shard_bounds(2, 3) == [(0, 1), (1, 2), (2, 2)]
-    assert _shard_bounds(0, 1) == [(0, 0)]
 
 
 def test_scorer_gives_hand_computed_rewards(scorer):

@@ -1,0 +1,43 @@
+"""Helpers for calling groups of Ray actors: contiguous sharding and deadline-bound gathering.
+
+Every remote call in the system goes through ``gather`` so that a late, failed or dead actor is
+named in the error instead of hanging the run.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) ranges splitting n items into ``parts`` near-equal shards (earlier ones larger)."""
+    size, extra = divmod(n, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def gather(calls: Sequence[tuple[str, "object"]], timeout_s: float, what: str, error_cls: type = RuntimeError) -> list:
+    """ray.get every (actor name, ObjectRef) under one deadline; raise ``error_cls`` naming the culprit."""
+    import ray
+
+    refs = [ref for _, ref in calls]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    ready_set = set(ready)
+    late = [name for name, ref in calls if ref not in ready_set]
+    if late:
+        raise error_cls(f"{what}: {', '.join(late)} did not answer within {timeout_s:.1f}s")
+    values = []
+    for name, ref in calls:
+        try:
+            values.append(ray.get(ref, timeout=timeout_s))
+        except ray.exceptions.GetTimeoutError as err:
+            raise error_cls(f"{what}: {name} did not answer within {timeout_s:.1f}s") from err
+        except ray.exceptions.RayTaskError as err:
+            cause = err.cause if getattr(err, "cause", None) is not None else err
+            raise error_cls(f"{what}: {name} failed: {cause}") from err
+        except ray.exceptions.RayActorError as err:
+            raise error_cls(f"{what}: {name} died: {err}") from err
+    return values
