@@ -1,9 +1,9 @@
 """The GRPO learner: a DeepSpeed engine for the policy plus a frozen reference model.
 
 Plain Python; ``learner.actor`` wraps it in a Ray actor and sets up the process group. One call to
-``train_step`` is one exploration step of DeepSeekMath's Algorithm 1: it recomputes the old-policy
-and reference logprobs once, then applies ``mu`` policy updates over the whole batch, accumulating
-gradients over micro-batches so the update equals a single full-batch step.
+``train_step`` is one exploration step of DeepSeekMath's Algorithm 1: it computes the reference
+logprobs and the advantages once, then applies ``mu`` policy updates over the whole batch,
+accumulating gradients over micro-batches so each update equals a single full-batch step.
 """
 from __future__ import annotations
 
@@ -206,32 +206,34 @@ class PolicyTrainer:
         return metrics
 
     # ------------------------------------------------------------------------------ weights
-    def export_state_dict(self, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
-        """Full policy weights in Hugging Face names (gathered under ZeRO-3), tied copies dropped."""
+    def export_state_dict(self, dtype: Optional[torch.dtype] = None, include_tied: bool = True) -> dict[str, torch.Tensor]:
+        """Full policy weights in Hugging Face names (gathered under ZeRO-3), as fresh CPU copies.
+
+        ``include_tied`` keeps both names of tied weights (``lm_head.weight`` with the embedding): vLLM's
+        CPU backend holds its own packed copy of the head, which a reload without it leaves stale.
+        Hugging Face checkpoints leave it out.
+        """
         import deepspeed
 
         module = self.engine.module
-        tied = getattr(module.config, "tie_word_embeddings", False)
         out = {}
-        for name, param in module.named_parameters():
-            if tied and name == "lm_head.weight":
-                continue
+        for name, param in module.named_parameters(remove_duplicate=not include_tied):
             with deepspeed.zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
-                out[name] = param.detach().to(dtype or param.dtype).cpu().contiguous()
+                out[name] = param.detach().to(dtype=dtype or param.dtype, device="cpu", copy=True).contiguous()
         for name, buf in module.named_buffers():
             if name.endswith("inv_freq"):  # recomputed by every loader
                 continue
-            out.setdefault(name, buf.detach().cpu().contiguous())
+            out.setdefault(name, buf.detach().to(device="cpu", copy=True).contiguous())
         return out
 
     def save_pretrained(self, out_dir: str) -> str:
         """Write the policy as a Hugging Face folder (model + tokenizer) loadable by transformers and vLLM."""
         os.makedirs(out_dir, exist_ok=True)
-        state = self.export_state_dict(torch.float32 if not self.on_gpu else self.dtype)
+        state = self.export_state_dict(torch.float32 if not self.on_gpu else self.dtype, include_tied=False)
         self.engine.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
         return out_dir
 
     def reset_reference(self) -> None:
         """Make the reference model a copy of the current policy (Iterative RL)."""
-        self.reference.load_state_dict(self.export_state_dict(self.dtype), strict=False)
+        self.reference.load_state_dict(self.export_state_dict(self.dtype, include_tied=False), strict=False)

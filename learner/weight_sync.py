@@ -46,7 +46,8 @@ class GatheredModuleSource:
         self.module, self.dtype = module, dtype
 
     def _named(self):
-        return list(self.module.named_parameters())  # tied weights appear once, as in checkpoints
+        # tied weights under both names: an engine may hold its own copy of the head (vLLM on CPU does)
+        return list(self.module.named_parameters(remove_duplicate=False))
 
     def metadata(self):
         from vllm.distributed.weight_transfer.base import ParamMeta

@@ -196,12 +196,24 @@ class Trainer:
             try:
                 logger.log(step, self.run_step(step))
             except Exception as e:
-                raise TrainingError(f"step {step} failed: {e}") from e
+                saved = self._save_after_failure(step)
+                raise TrainingError(f"step {step} failed: {e}{saved}") from e
         final = os.path.abspath(os.path.join(self.out_dir, "final"))
         if cfg.output.save_final:
             self._get(self.learner.save_pretrained.remote(final), "saving the final policy")
             print(f"saved policy to {final}", flush=True)
         return final
+
+    def _save_after_failure(self, step: int) -> str:
+        """Keep what was trained before the failed step (the guards stop a bad step before it updates)."""
+        if step == 1:
+            return ""
+        path = os.path.abspath(os.path.join(self.out_dir, f"policy_before_step_{step}"))
+        try:
+            self._get(self.learner.save_pretrained.remote(path), "saving the policy after a failure")
+        except Exception as e:  # noqa: BLE001 - the learner itself may be what failed
+            return f" (could not save the policy: {e})"
+        return f" (policy after step {step - 1} saved to {path})"
 
     def shutdown(self) -> None:
         for name in ("rollout", "rewards"):

@@ -62,8 +62,9 @@ def test_sync_makes_engine_match_learner(actors):
     # the sampler's own logprobs agree with teacher-forced scoring of the same tokens
     assert _max_gap(before_engine, fixed.sampler_logprobs) < LOGPROB_TOL
 
-    advantages = [1.0, -1.0] * 4  # push half the samples up, half down
-    metrics = ray.get(learner.train_step.remote(Batch(episodes, 8, advantages), 1), timeout=600)
+    # half the samples rewarded: advantages +-0.935 push half up, half down
+    rewarded = [e.with_reward(float(i % 2 == 0), i % 2 == 0) for i, e in enumerate(episodes)]
+    metrics = ray.get(learner.train_step.remote(Batch(rewarded, 8), 1), timeout=600)
     assert metrics["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-6)  # first update: pi_theta == pi_old
     assert metrics["loss/kl"] == pytest.approx(0.0, abs=1e-6)  # reference == initial policy
 
