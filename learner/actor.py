@@ -5,7 +5,9 @@ exposes the weights in the two forms the sync paths need.
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -14,10 +16,43 @@ from learner.batching import collate
 from learner.weight_sync import NcclWeightSender, free_port, pack_state_dict
 from orchestrator.types import Batch
 
+log = logging.getLogger(__name__)
+
+
+EXTENSION_LOCK_MAX_AGE_S = 600.0
+"""A torch-extension build lock older than this is stale (a build here takes about 2 minutes)."""
+
+
+def use_private_extensions_dir() -> str:
+    """Build DeepSpeed's JIT ops (on CPU: the shared-memory comm op) inside this environment.
+
+    torch's default cache (~/.cache/torch_extensions) is shared by every environment, so two venvs
+    rebuild over each other; and a build killed midway leaves a lock file that makes every later
+    build wait forever. A lock older than EXTENSION_LOCK_MAX_AGE_S is removed, with a warning.
+    """
+    import glob
+    import time
+
+    root = os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+    for lock in glob.glob(os.path.join(root, "*", "*", "lock")) + glob.glob(os.path.join(root, "*", "lock")):
+        if time.time() - os.path.getmtime(lock) > EXTENSION_LOCK_MAX_AGE_S:
+            log.warning("removing stale torch extension build lock %s", lock)
+            os.remove(lock)
+    return root
+
+
+def prebuild_ops() -> None:
+    """Compile DeepSpeed's CPU comm op once, at setup time, instead of in the first learner."""
+    use_private_extensions_dir()
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
 
 def _init_process_group(rank: int, world_size: int, master_addr: str, master_port: int, on_gpu: bool) -> None:
     import deepspeed
 
+    use_private_extensions_dir()
     os.environ.update(
         MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
         WORLD_SIZE=str(world_size), LOCAL_RANK="0",
