@@ -135,14 +135,7 @@ def test_aggregation_micro_batches_sum_to_full_batch(name):
 
 # ------------------------------------------------------ grpo_loss variants
 
-def _example():
-    # Same batch as tests/learner/test_algorithm.py::_example.
-    logp = torch.tensor([[-1.0, -0.5, 0.0], [-2.0, -1.5, -0.4]], requires_grad=True)
-    old = torch.tensor([[-1.0, -1.0, -3.0], [-2.0, -1.0, -0.5]])
-    ref = torch.tensor([[-2.0, -0.5, 0.0], [-2.0, -1.5, -0.2]])
-    adv = torch.tensor([1.0, -0.5])
-    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    return logp, old, ref, adv, mask
+from tests.learner.test_algorithm import _example  # noqa: E402 - the same hand-worked batch
 # Surrogates (see test_algorithm.py): row 0: pg = [1 (ratio 1), 1.2 (clipped)];
 # row 1: pg = [-0.5 (ratio 1), -0.4 (clipped), -0.5525855 (ratio e^0.1 = 1.1051709)].
 # pg sum = 1 + 1.2 - 0.5 - 0.4 - 0.5525855 = 0.7474145 ; d = logp - ref:
