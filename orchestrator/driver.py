@@ -132,14 +132,9 @@ class Trainer:
         print(f"actors ready in {time.time() - t0:.1f}s (weight sync: {self.sync_mode})", flush=True)
 
     def _get(self, ref, what: str):
-        import ray
+        from orchestrator.remote import gather
 
-        try:
-            return ray.get(ref, timeout=self.cfg.resources.timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise TrainingError(f"{what}: learner gave no answer within {self.cfg.resources.timeout_s:.0f}s") from None
-        except ray.exceptions.RayError as e:
-            raise TrainingError(f"{what} failed in the learner: {e}") from e
+        return gather([("learner", ref)], self.cfg.resources.timeout_s, what, TrainingError)[0]
 
     def sync_weights(self, version: int) -> float:
         t0 = time.time()
