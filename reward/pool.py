@@ -262,7 +262,11 @@ class RewardPool:
         return rewarded, {"reward/timeouts": timeouts, "time/reward_s": time.monotonic() - started}
 
     def shutdown(self) -> None:
-        """Kill the worker actors (their verifier processes exit with them)."""
+        """Stop the verifier processes cleanly (a bare kill makes multiprocessing print tracebacks), then kill the actors."""
+        try:
+            ray.wait([w.close.remote() for w in self.workers], num_returns=len(self.workers), timeout=10.0)
+        except Exception:  # noqa: BLE001 - a dead worker has nothing to close
+            pass
         for worker in self.workers:
             try:
                 ray.kill(worker)
