@@ -60,6 +60,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from learner import registry
 from learner.registry import (
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
@@ -73,19 +74,11 @@ from learner.registry import (
 )
 
 __all__ = [
-    "Registry",
-    "KL_ESTIMATORS",
-    "LOSS_AGGREGATIONS",
+    *registry.__all__,  # re-exported: this module is the public entry point for the GRPO math
     "NonFiniteError",
     "outcome_advantages",
     "process_advantages",
     "stack_response_advantages",
-    "k1_kl",
-    "k2_kl",
-    "k3_kl",
-    "aggregate_seq_mean_token_mean",
-    "aggregate_token_mean",
-    "aggregate_seq_mean_token_sum",
     "token_logprobs",
     "masked_mean",
     "grpo_loss",
