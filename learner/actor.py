@@ -113,3 +113,41 @@ class LearnerWorker:
 
     def reset_reference(self) -> None:
         self.trainer.reset_reference()
+
+    def reference_max_diff(self) -> float:
+        """Largest absolute difference between the reference and the policy weights (0 right after a reset)."""
+        return self.trainer.reference_max_diff()
+
+
+class RewardModelLearner:
+    """Ray actor that trains one reward model (ORM or PRM) with DeepSpeed, across Iterative RL rounds."""
+
+    def __init__(self, cfg, kind: str, init_path: str):
+        from learner.reward_trainer import RewardModelTrainer
+
+        rm = cfg.reward_model
+        on_gpu = torch.cuda.is_available() and rm.num_gpus > 0
+        if not on_gpu:
+            torch.set_num_threads(max(1, int(rm.num_cpus)))
+        _init_process_group(0, 1, "127.0.0.1", free_port(), on_gpu)
+        self.trainer = RewardModelTrainer(rm, init_path, kind, cfg.data.system_prompt, cfg.data.max_prompt_tokens,
+                                          on_gpu=on_gpu, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
+
+    def ping(self) -> int:
+        return self.trainer.rounds
+
+    def train(self, samples: list, heldout: list) -> dict:
+        """Train one round; held-out accuracy before and after shows what the round bought."""
+        before = self.trainer.evaluate(heldout)
+        metrics = self.trainer.train(samples)
+        after = self.trainer.evaluate(heldout)
+        metrics.update({"rm/heldout_accuracy_before": before["accuracy"], "rm/heldout_loss_before": before["loss"], "rm/heldout_accuracy": after["accuracy"],
+                        "rm/heldout_auc": after["auc"], "rm/heldout_loss": after["loss"],
+                        "rm/heldout_positions": after["positions"], "rm/heldout_positive_frac": after.get("positive_frac", float("nan"))})
+        return metrics
+
+    def evaluate(self, samples: list) -> dict:
+        return self.trainer.evaluate(samples)
+
+    def save(self, out_dir: str) -> str:
+        return self.trainer.save(out_dir)

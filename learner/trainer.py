@@ -236,4 +236,19 @@ class PolicyTrainer:
 
     def reset_reference(self) -> None:
         """Make the reference model a copy of the current policy (Iterative RL)."""
-        self.reference.load_state_dict(self.export_state_dict(self.dtype, include_tied=False), strict=False)
+        state = self.export_state_dict(self.dtype, include_tied=False)
+        missing, unexpected = self.reference.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if m not in self._tied_names()]:
+            raise RuntimeError(f"reference reset: missing {missing}, unexpected {unexpected}")
+
+    def _tied_names(self) -> set[str]:
+        named = dict(self.reference.named_parameters(remove_duplicate=False))
+        unique = dict(self.reference.named_parameters())
+        return set(named) - set(unique)
+
+    @torch.no_grad()
+    def reference_max_diff(self) -> float:
+        """max |reference - policy| over all weights (0.0 right after ``reset_reference``)."""
+        policy = self.export_state_dict(self.dtype, include_tied=False)
+        ref = {k: v for k, v in self.reference.state_dict().items()}
+        return max(float((ref[k].to("cpu", policy[k].dtype) - v).abs().max()) for k, v in policy.items() if k in ref)

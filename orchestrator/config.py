@@ -98,6 +98,62 @@ class RewardConfig:
     """Reward for a wrong or missing final answer."""
     num_cpus_per_worker: float = 0.5
     """Ray CPUs reserved per reward actor."""
+    rule_weight: float = 1.0
+    """Weight of the rule verifier's reward in the composed reward (0 = learned rewards only)."""
+    orm_weight: float = 0.0
+    """Weight of the outcome reward model r_phi (its probability that the answer is right) in the reward."""
+    prm_weight: float = 0.0
+    """Weight of the process reward model's per-step scores (process supervision only)."""
+    orm_path: Optional[str] = None
+    """Outcome reward model (HF folder). None with orm_weight > 0: trained at start-up from the initial policy's samples."""
+    prm_path: Optional[str] = None
+    """Process reward model (HF folder). None with prm_weight > 0: trained at start-up (Math-Shepherd labels)."""
+    model_batch_size: int = 16
+    """Sequences per forward pass when a reward worker scores with a reward model."""
+
+
+@dataclass
+class RewardModelConfig:
+    backbone: Optional[str] = None
+    """Causal LM that a new reward model starts from (a scalar head is added); None = the policy model."""
+    lr: float = 1e-5
+    """AdamW learning rate of reward-model training."""
+    epochs: int = 2
+    """Passes over each reward-model training set (the start-up set and every iteration's mix)."""
+    micro_batch_size: int = 8
+    """Sequences per optimizer step of reward-model training."""
+    train_last_layers: int = 0
+    """Train only the scalar head, the final norm and the last N transformer layers (0 = the whole model)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage of the reward-model trainer (0, 1 or 2)."""
+    num_cpus: float = 1.0
+    """Ray CPUs reserved for the reward-model trainer actor."""
+    num_gpus: float = 0.0
+    """Ray GPUs for the reward-model trainer (0 = CPU with gloo)."""
+    heldout_frac: float = 0.2
+    """Share of each new set's questions held out to measure reward-model accuracy (rm/heldout_accuracy)."""
+    bootstrap_questions: int = 16
+    """Questions (x group_size samples) drawn from the initial policy to train r_phi at start-up."""
+    labels_file: Optional[str] = None
+    """JSONL of labelled samples (RMSample rows) to train the start-up reward model on instead of sampling."""
+    prm_rollouts_per_step: int = 4
+    """Math-Shepherd: completions sampled from each step prefix to label that step."""
+    prm_label: str = "hard"
+    """Math-Shepherd step label: 'hard' (1 if any completion is right) or 'soft' (fraction right)."""
+    prm_max_prefixes: int = 256
+    """Cap on step prefixes expanded per labelling round (the rest keep the outcome label)."""
+
+
+@dataclass
+class IterativeConfig:
+    every_steps: int = 0
+    """Iterative RL: every K policy steps retrain r_phi on fresh samples and reset the reference (0 = off)."""
+    replay_ratio: float = 0.1
+    """Share of each reward-model training mix drawn from the replay buffer of historical samples (paper: 10%)."""
+    replay_max_samples: int = 20000
+    """Bound of the on-disk replay buffer (a uniform reservoir over everything seen)."""
+    reset_reference: bool = True
+    """Reset the reference model to the current policy after each iteration (the paper does)."""
 
 
 @dataclass
@@ -187,7 +243,11 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """vLLM generation workers."""
     reward: RewardConfig = field(default_factory=RewardConfig)
-    """Reward workers."""
+    """Reward workers and how rewards are composed."""
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """Training of the learned reward models (outcome r_phi and process)."""
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)
+    """Iterative RL: periodic reward-model retraining with replay, then a reference reset."""
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     """GRPO objective."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
@@ -222,6 +282,31 @@ class TrainConfig:
             ("rollout.gpu_memory_utilization", 0 < self.rollout.gpu_memory_utilization < 1, "must be in (0, 1)"),
             ("reward.num_workers", self.reward.num_workers >= 1, "must be >= 1"),
             ("reward.timeout_s", self.reward.timeout_s > 0, "must be > 0"),
+            ("reward.rule_weight", self.reward.rule_weight >= 0, "must be >= 0"),
+            ("reward.orm_weight", self.reward.orm_weight >= 0, "must be >= 0"),
+            ("reward.prm_weight", self.reward.prm_weight >= 0, "must be >= 0"),
+            ("reward.rule_weight", self.reward.rule_weight + self.reward.orm_weight + self.reward.prm_weight > 0,
+             "and reward.orm_weight, reward.prm_weight: at least one must be > 0"),
+            ("reward.prm_weight", self.reward.prm_weight == 0 or self.algorithm.supervision == "process",
+             "needs algorithm.supervision='process' (a PRM scores steps)"),
+            ("reward.model_batch_size", self.reward.model_batch_size >= 1, "must be >= 1"),
+            ("reward_model.lr", self.reward_model.lr > 0, "must be > 0"),
+            ("reward_model.epochs", self.reward_model.epochs >= 1, "must be >= 1"),
+            ("reward_model.micro_batch_size", self.reward_model.micro_batch_size >= 1, "must be >= 1"),
+            ("reward_model.train_last_layers", self.reward_model.train_last_layers >= 0, "must be >= 0"),
+            ("reward_model.zero_stage", self.reward_model.zero_stage in (0, 1, 2), "must be 0, 1 or 2"),
+            ("reward_model.heldout_frac", 0 <= self.reward_model.heldout_frac < 1, "must be in [0, 1)"),
+            ("reward_model.bootstrap_questions", self.reward_model.bootstrap_questions >= 1, "must be >= 1"),
+            ("reward_model.prm_rollouts_per_step", self.reward_model.prm_rollouts_per_step >= 1, "must be >= 1"),
+            ("reward_model.prm_label", self.reward_model.prm_label in ("hard", "soft"), "must be 'hard' or 'soft'"),
+            ("reward_model.prm_max_prefixes", self.reward_model.prm_max_prefixes >= 0, "must be >= 0"),
+            ("reward_model.labels_file", self.reward_model.labels_file is None or os.path.exists(self.reward_model.labels_file),
+             "does not exist"),
+            ("iterative.every_steps", self.iterative.every_steps >= 0, "must be >= 0"),
+            ("iterative.every_steps", self.iterative.every_steps == 0 or self.reward.orm_weight + self.reward.prm_weight > 0,
+             "needs a learned reward (reward.orm_weight or reward.prm_weight > 0) to retrain"),
+            ("iterative.replay_ratio", 0 <= self.iterative.replay_ratio < 1, "must be in [0, 1)"),
+            ("iterative.replay_max_samples", self.iterative.replay_max_samples >= 1, "must be >= 1"),
             ("algorithm.clip_eps", 0 < self.algorithm.clip_eps < 1, "must be in (0, 1)"),
             ("algorithm.kl_coef", self.algorithm.kl_coef >= 0, "must be >= 0"),
             ("algorithm.mu", self.algorithm.mu >= 1, "must be >= 1"),
@@ -254,6 +339,10 @@ class TrainConfig:
                 f"config field learner.micro_batch_size={self.learner.micro_batch_size} must divide the step's "
                 f"batch of data.questions_per_step*rollout.group_size={batch} sequences"
             )
+        for name in ("orm_path", "prm_path"):
+            path = getattr(self.reward, name)
+            if path and path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
+                raise ConfigError(f"config field reward.{name}={path!r}: no such reward-model folder")
         if self.data.train_file and self.data.task != "arithmetic" and _looks_like_path(self.data.train_file):
             if not os.path.exists(self.data.train_file):
                 raise ConfigError(f"config field data.train_file={self.data.train_file!r}: no such file")

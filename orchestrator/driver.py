@@ -3,11 +3,11 @@
     for step in 1..total_steps:
         sample a batch of questions                          (QuestionSampler)
         sample G outputs per question with pi_old            (RolloutGroup -> vLLM engines)
-        score every output (and each step, if process)       (RewardPool -> rule verifiers; reward.process)
+        score every output (and each step, if process)       (RewardPool -> verifiers, ORM, PRM; reward.compose)
         group-relative advantages, mu GRPO updates           (LearnerWorker -> learner.algorithm, DeepSpeed)
         pi_old <- pi_theta on every engine                   (weight sync)
-
-The reference model stays the initial policy (Iterative RL resets it; see a later issue).
+        every K steps: retrain r_phi with 10% replay,        (orchestrator.iterative, Iterative RL)
+                       pi_ref <- pi_theta
 """
 from __future__ import annotations
 
@@ -62,8 +62,10 @@ def init_ray(cfg: TrainConfig) -> None:
         ray.init(address=cfg.resources.address, runtime_env=env, log_to_driver=True)
         return
     # Phases run one after another, so the local Ray may advertise more CPUs than the machine has.
+    learned = int(cfg.reward.orm_weight > 0) + int(cfg.reward.prm_weight > 0)
     wanted = (cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
-              + cfg.reward.num_workers * cfg.reward.num_cpus_per_worker + cfg.learner.num_cpus)
+              + cfg.reward.num_workers * cfg.reward.num_cpus_per_worker + cfg.learner.num_cpus
+              + learned * cfg.reward_model.num_cpus)
     num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(wanted + 0.999))
     ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
 
@@ -102,12 +104,14 @@ class Trainer:
 
         from learner.actor import LearnerWorker
         from orchestrator.data import QuestionSampler
+        from orchestrator.iterative import RewardModelRounds
         from reward.pool import RewardPool
         from rollout.group import RolloutGroup
 
         cfg = self.cfg
         t0 = time.time()
         self.tokenizer, problems, prompt_ids = preflight(cfg)
+        self.problems = problems
         self.prompt_ids = {p.uid: ids for p, ids in zip(problems, prompt_ids)}
         self.sampler = QuestionSampler(problems, cfg.data.questions_per_step, cfg.seed, cfg.data.shuffle)
         print(f"preflight ok: {len(problems)} questions, model {cfg.model.path} ({time.time() - t0:.1f}s)", flush=True)
@@ -117,7 +121,7 @@ class Trainer:
         if self.sync_mode == "auto":
             self.sync_mode = "nccl" if cfg.rollout.num_gpus_per_worker > 0 and cfg.learner.num_gpus > 0 else "file"
         self.rollout = RolloutGroup(cfg, max_model_len=max_len, weight_transfer_backend="nccl" if self.sync_mode == "nccl" else None)
-        self.rewards = RewardPool.from_config(cfg.reward)
+        self.rewards = RewardPool.from_config(cfg)
         batch_size = cfg.data.questions_per_step * cfg.rollout.group_size
         self.learner = ray.remote(LearnerWorker).options(
             num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus
@@ -130,6 +134,8 @@ class Trainer:
             tps = [cfg.rollout.tensor_parallel_size] * len(self.rollout.engines)
             self._get(self.learner.init_nccl_sync.remote(self.rollout.engines, tps, self.rollout.dtype), "NCCL weight-sync setup")
         print(f"actors ready in {time.time() - t0:.1f}s (weight sync: {self.sync_mode})", flush=True)
+        self.reward_models = RewardModelRounds(self)
+        self.start_metrics = self.reward_models.start() if self.rewards.weights.models else {}
 
     def _get(self, ref, what: str):
         from orchestrator.remote import gather
@@ -146,24 +152,26 @@ class Trainer:
         return time.time() - t0
 
     def run_step(self, step: int) -> dict:
-        from reward.process import with_rule_step_rewards
+        from reward.process import segment
 
         cfg = self.cfg
         t0 = time.time()
         problems = self.sampler.next_batch()
         episodes, gen = self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems])
-        episodes, rew = self.rewards.score(episodes, cfg.resources.timeout_s)
-        if cfg.algorithm.supervision == "process":
-            episodes = with_rule_step_rewards(episodes, self.tokenizer, cfg.algorithm.step_separator,
-                                              cfg.reward.correct_reward, cfg.reward.incorrect_reward)
+        steps = segment(episodes, self.tokenizer, cfg.algorithm.step_separator) if cfg.algorithm.supervision == "process" else None
+        episodes, rew = self.rewards.score(episodes, cfg.resources.timeout_s, steps)
         batch = Batch(episodes=episodes, group_size=cfg.rollout.group_size)
         learn = self._get(self.learner.train_step.remote(batch, step), f"step {step}: learner update")
         sync_s = self.sync_weights(step)
         versions = self.rollout.policy_versions()
         if min(versions) != step:
             raise TrainingError(f"step {step}: engines report policy versions {versions} after the sync")
+        self.reward_models.observe(episodes, steps)
+        iteration = self.reward_models.maybe_iterate(step)
         tokens = sum(len(e.response_token_ids) for e in episodes)
-        metrics = {**step_metrics(episodes, cfg.rollout.group_size), **gen, **rew, **learn}
+        metrics = {**step_metrics(episodes, cfg.rollout.group_size), **gen, **rew, **learn, **iteration}
+        if step == 1:
+            metrics.update({f"start/{k}": v for k, v in self.start_metrics.items()})
         metrics.update({
             "rollout/tokens_per_s": tokens / max(gen["time/generate_s"], 1e-9),
             "time/sync_s": sync_s,
@@ -211,6 +219,6 @@ class Trainer:
         return f" (policy after step {step - 1} saved to {path})"
 
     def shutdown(self) -> None:
-        for name in ("rollout", "rewards"):
+        for name in ("reward_models", "rollout", "rewards"):
             if hasattr(self, name):
                 getattr(self, name).shutdown()

@@ -6,7 +6,7 @@ questions in one batch are two groups.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,20 @@ class Episode:
     reward: float = 0.0
     correct: bool = False
     """Rule-verifier verdict, logged even when the reward comes from elsewhere."""
+    rule_reward: float = 0.0
+    """The rule verifier's reward alone (``reward`` may mix in learned rewards)."""
+    learned_reward: float | None = None
+    """The outcome reward model's score (probability of a correct answer), when one is used."""
     step_rewards: tuple[float, ...] = ()
     """Process supervision: the reward of each reasoning step (empty under outcome supervision)."""
     step_ends: tuple[int, ...] = ()
     """Process supervision: index (within the response tokens) of each step's last token, increasing."""
 
-    def with_reward(self, reward: float, correct: bool) -> "Episode":
-        return replace(self, reward=float(reward), correct=bool(correct))
+    def with_reward(self, reward: float, correct: bool, rule_reward: float | None = None,
+                    learned_reward: float | None = None) -> "Episode":
+        return replace(self, reward=float(reward), correct=bool(correct),
+                       rule_reward=float(reward if rule_reward is None else rule_reward),
+                       learned_reward=None if learned_reward is None else float(learned_reward))
 
     def with_steps(self, step_rewards, step_ends) -> "Episode":
         if len(step_rewards) != len(step_ends):
@@ -77,3 +84,33 @@ class Batch:
                 raise ValueError(f"episode {i} has group_id {ep.group_id}, expected {i // self.group_size}: groups must be contiguous")
             if len(ep.sampler_logprobs) != len(ep.response_token_ids):
                 raise ValueError(f"episode {i} ({ep.problem.uid}): {len(ep.sampler_logprobs)} logprobs for {len(ep.response_token_ids)} tokens")
+
+
+@dataclass(frozen=True)
+class RMSample:
+    """One reward-model example: a question, a response cut into reasoning steps, and its labels.
+
+    Outcome models learn ``label`` at the last token; process models learn ``step_labels`` at the
+    last token of each step. Steps are text pieces (not token ids), so a reward model with its own
+    tokenizer sees the same steps as the policy did.
+    """
+
+    problem: Problem
+    steps: tuple[str, ...]
+    """The response, cut into reasoning steps (one piece for an outcome model); joined they are the response."""
+    label: float
+    """Outcome label: 1.0 if the rule verifier accepts the final answer, else 0.0."""
+    step_labels: tuple[float, ...] = ()
+    """Process labels in [0, 1], one per step (empty for outcome-only samples)."""
+    policy_step: int = 0
+    """RL step whose policy produced the response (0 = the initial policy)."""
+
+    def to_json(self) -> dict:
+        return {"problem": asdict(self.problem), "steps": list(self.steps), "label": self.label,
+                "step_labels": list(self.step_labels), "policy_step": self.policy_step}
+
+    @classmethod
+    def from_json(cls, row: dict) -> "RMSample":
+        return cls(problem=Problem(**row["problem"]), steps=tuple(row["steps"]), label=float(row["label"]),
+                   step_labels=tuple(float(x) for x in row.get("step_labels", ())),
+                   policy_step=int(row.get("policy_step", 0)))

@@ -7,10 +7,11 @@ Three layers, each wrapping the one below:
   sample that runs past ``timeout_s`` scores ``incorrect_reward`` and is counted as a
   timeout; the stuck process is killed and the pool recreated. A verifier that raises is
   a bug, not a wrong answer: it raises ``RewardError`` naming the sample.
-* ``RewardWorker`` (Ray actor): holds one scorer.
+* ``RewardWorker`` (Ray actor): holds one scorer and the learned reward models in use
+  (``reward.model.RewardModel``), which can be hot-swapped (Iterative RL).
 * ``RewardPool`` (driver side): splits a step's episodes into contiguous shards, one per
-  worker, scores them in parallel under a deadline and returns the rewarded episodes in
-  their original order.
+  worker, scores them in parallel under a deadline, composes rule and learned rewards
+  (``reward.compose``) and returns the rewarded episodes in their original order.
 """
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ import ray
 
 from orchestrator.remote import gather, shard_bounds
 from orchestrator.types import Episode
+from reward.compose import RewardWeights, compose, reward_stats
+from reward.process import Steps
 from reward.verifiers import VERIFIERS, warm_up
 
 if TYPE_CHECKING:
-    from orchestrator.config import RewardConfig
+    from orchestrator.config import TrainConfig
 
 Item = tuple[str, str, str, str]
 """One sample to score: (task, completion, gold, uid)."""
@@ -170,7 +173,8 @@ class RuleRewardScorer:
 
 @ray.remote
 class RewardWorker:
-    """Ray actor holding one RuleRewardScorer; its verifier process starts with the actor."""
+    """Ray actor: one RuleRewardScorer (always: its verdict is logged even under learned rewards) plus
+    the learned reward models in use, by kind ('orm', 'prm'), each swappable in place."""
 
     def __init__(
         self,
@@ -178,12 +182,49 @@ class RewardWorker:
         incorrect_reward: float,
         timeout_s: float,
         verifiers: Optional[Mapping[str, Callable[[str, str], bool]]] = None,
+        models: Optional[Mapping[str, str]] = None,
+        model_opts: Optional[Mapping] = None,
     ) -> None:
         self._scorer = RuleRewardScorer(correct_reward, incorrect_reward, timeout_s, verifiers)
         self._scorer.start()
+        self._timeout_s = float(timeout_s)
+        self._model_opts = dict(model_opts or {})
+        self._models: dict = {}
+        for kind, path in (models or {}).items():
+            self.load_model(kind, path, 0)
 
-    def score(self, items: Sequence[Item]) -> tuple[list[tuple[float, bool]], dict]:
-        return self._scorer.score(items)
+    def load_model(self, kind: str, path: str, version: int) -> int:
+        """Load (or hot-swap) the reward model of ``kind``; the old one scores until this returns."""
+        from reward.model import RewardModel
+
+        self._models[kind] = RewardModel(path, kind, version=version, **self._model_opts)
+        return version
+
+    def model_versions(self) -> dict:
+        return {kind: {"path": m.path, "version": m.version} for kind, m in self._models.items()}
+
+    def score(self, items: Sequence[Item], requests: Optional[Mapping[str, Sequence]] = None) -> tuple[list, dict, dict]:
+        """(rule results, {kind: per-request step probabilities}, stats) for one shard.
+
+        A model batch slower than ``timeout_s`` per sample is an error naming the model and the
+        samples (a learned reward never falls back to a silent zero).
+        """
+        results, stats = self._scorer.score(items)
+        scores = {}
+        for kind, reqs in (requests or {}).items():
+            if kind not in self._models:
+                raise RewardError(f"no {kind} reward model is loaded in this worker")
+            model, out = self._models[kind], []
+            for start in range(0, len(reqs), model.batch_size):
+                chunk = reqs[start : start + model.batch_size]
+                t0 = time.monotonic()
+                out.extend(model.score(chunk))
+                if time.monotonic() - t0 > self._timeout_s * len(chunk):
+                    uids = ", ".join(p.uid for p, _ in chunk)
+                    raise RewardError(f"{kind} model {model.path!r} took {time.monotonic() - t0:.1f}s for "
+                                      f"{len(chunk)} samples (over {self._timeout_s}s each): {uids}")
+            scores[kind] = out
+        return results, scores, stats
 
     def ping(self) -> int:
         """Liveness check; returns the actor's process id."""
@@ -205,13 +246,18 @@ class RewardPool:
         timeout_s: float = 10.0,
         verifiers: Optional[Mapping[str, Callable[[str, str], bool]]] = None,
         name_prefix: str = "reward-worker",
+        weights: RewardWeights = RewardWeights(),
+        models: Optional[Mapping[str, str]] = None,
+        model_opts: Optional[Mapping] = None,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.weights, self.correct_reward, self.incorrect_reward = weights, correct_reward, incorrect_reward
+        self.model_paths = dict(models or {})
         self.names = [f"{name_prefix}-{i}" for i in range(num_workers)]
         self.workers = [
             RewardWorker.options(name=name, num_cpus=num_cpus_per_worker).remote(
-                correct_reward, incorrect_reward, timeout_s, verifiers
+                correct_reward, incorrect_reward, timeout_s, verifiers, self.model_paths, model_opts
             )
             for name in self.names
         ]
@@ -219,19 +265,25 @@ class RewardPool:
     @classmethod
     def from_config(
         cls,
-        cfg: "RewardConfig",
+        cfg: "TrainConfig",
+        models: Optional[Mapping[str, str]] = None,
         verifiers: Optional[Mapping[str, Callable[[str, str], bool]]] = None,
         name_prefix: str = "reward-worker",
     ) -> "RewardPool":
-        """Build from a ``RewardConfig``."""
+        """Build from a whole ``TrainConfig`` (reward section, prompt settings); ``models``: kind -> path."""
+        rc = cfg.reward
         return cls(
-            num_workers=cfg.num_workers,
-            num_cpus_per_worker=cfg.num_cpus_per_worker,
-            correct_reward=cfg.correct_reward,
-            incorrect_reward=cfg.incorrect_reward,
-            timeout_s=cfg.timeout_s,
+            num_workers=rc.num_workers,
+            num_cpus_per_worker=rc.num_cpus_per_worker,
+            correct_reward=rc.correct_reward,
+            incorrect_reward=rc.incorrect_reward,
+            timeout_s=rc.timeout_s,
             verifiers=verifiers,
             name_prefix=name_prefix,
+            weights=RewardWeights(rc.rule_weight, rc.orm_weight, rc.prm_weight),
+            models=models,
+            model_opts={"system_prompt": cfg.data.system_prompt, "max_prompt_tokens": cfg.data.max_prompt_tokens,
+                        "batch_size": rc.model_batch_size, "trust_remote_code": cfg.model.trust_remote_code},
         )
 
     def ready(self, timeout_s: float) -> None:
@@ -241,25 +293,56 @@ class RewardPool:
     def _gather(self, calls: list[tuple[str, "ray.ObjectRef"]], timeout_s: float) -> list:
         return gather(calls, timeout_s, "reward workers", RewardError)
 
-    def score(self, episodes: Sequence[Episode], timeout_s: float) -> tuple[list[Episode], dict]:
-        """Score episodes in parallel; returns them rewarded, in order, with aggregated stats."""
+    def swap_model(self, kind: str, path: str, version: int, timeout_s: float) -> None:
+        """Hot-swap the ``kind`` reward model in every worker; returns once all of them score with it."""
+        self._gather([(n, w.load_model.remote(kind, path, version)) for n, w in zip(self.names, self.workers)], timeout_s)
+        self.model_paths[kind] = path
+
+    def model_versions(self, timeout_s: float) -> list[dict]:
+        return self._gather([(n, w.model_versions.remote()) for n, w in zip(self.names, self.workers)], timeout_s)
+
+    def score(self, episodes: Sequence[Episode], timeout_s: float, steps: Optional[Sequence[Steps]] = None,
+              rule_only: bool = False) -> tuple[list[Episode], dict]:
+        """Score episodes in parallel; returns them rewarded (and step-rewarded when ``steps`` is
+        given: process supervision), in order, with aggregated stats. ``rule_only``: the verifier's
+        reward alone (labelling samples for reward-model training)."""
         started = time.monotonic()
+        weights = RewardWeights() if rule_only else self.weights
+        missing = [kind for kind in weights.models if kind not in self.model_paths]
+        if missing:
+            raise RewardError(f"reward weights use the {', '.join(missing)} model but none is loaded")
         items = [
             (ep.problem.task, ep.response_text, ep.problem.gold, f"{ep.problem.uid} (episode {i}, group {ep.group_id})")
             for i, ep in enumerate(episodes)
         ]
+        requests: dict[str, list] = {}
+        if "orm" in weights.models:
+            requests["orm"] = [(ep.problem, (ep.response_text,)) for ep in episodes]
+        if "prm" in weights.models:
+            if steps is None:
+                raise RewardError("the process reward model needs the episodes' steps (process supervision)")
+            requests["prm"] = [(ep.problem, tuple(texts)) for ep, (_, texts) in zip(episodes, steps)]
         bounds = shard_bounds(len(items), len(self.workers))
         shards = [(b, name, worker) for b, name, worker in zip(bounds, self.names, self.workers) if b[1] > b[0]]
-        calls = [(name, worker.score.remote(items[start:end])) for (start, end), name, worker in shards]
+        calls = [(name, worker.score.remote(items[a:b], {k: r[a:b] for k, r in requests.items()}))
+                 for (a, b), name, worker in shards]
         answers = self._gather(calls, timeout_s)
         rewarded: list[Episode] = []
+        prm_scores: list = []
         timeouts = 0
-        for ((start, end), name, _), (results, stats) in zip(shards, answers):
-            if len(results) != end - start:
+        for ((start, end), name, _), (results, scores, stats) in zip(shards, answers):
+            if len(results) != end - start or any(len(v) != end - start for v in scores.values()):
                 raise RewardError(f"reward worker {name} returned {len(results)} results for {end - start} episodes")
-            rewarded.extend(ep.with_reward(r, c) for ep, (r, c) in zip(episodes[start:end], results))
+            for i, (r, c) in enumerate(results):
+                k = start + i
+                orm = scores["orm"][i][-1] if "orm" in scores else None
+                prm = scores["prm"][i] if "prm" in scores else None
+                prm_scores.append(prm or [])
+                rewarded.append(compose(episodes[k], r, c, orm, prm, weights, steps[k] if steps is not None else None,
+                                        self.correct_reward, self.incorrect_reward))
             timeouts += stats["timeouts"]
-        return rewarded, {"reward/timeouts": timeouts, "time/reward_s": time.monotonic() - started}
+        return rewarded, {"reward/timeouts": timeouts, "time/reward_s": time.monotonic() - started,
+                          **reward_stats(rewarded, prm_scores if "prm" in requests else None)}
 
     def shutdown(self) -> None:
         """Stop the verifier processes cleanly (a bare kill makes multiprocessing print tracebacks), then kill the actors."""

@@ -1,16 +1,19 @@
-"""Process supervision with rule-based step rewards (a stand-in until a process reward model scores steps).
+"""Reasoning steps of sampled responses, in the policy's tokens, for process supervision.
 
-Each response is cut into reasoning steps (``reward.steps``); every step gets a reward from
-``arithmetic_step_rewards`` (equations checked, the last step graded by the outcome verifier), and
-the step boundaries are stored as token indices, which is what the learner's
-``process_advantages`` consumes.
+``segment`` cuts every response into steps (``reward.steps``) and returns, per episode, the index
+of each step's last response token (what the learner's ``process_advantages`` consumes) and the
+text of each step, decoded from its own token span (what rule step checks and the process reward
+model score). The two therefore always have the same number of steps.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from orchestrator.types import Episode
-from reward.steps import arithmetic_step_rewards, step_token_ends
+from reward.steps import step_token_ends
+
+Steps = tuple[list[int], list[str]]
+"""(last response-token index of each step, text of each step)."""
 
 
 def step_texts(tokenizer, token_ids: Sequence[int], ends: Sequence[int]) -> list[str]:
@@ -22,12 +25,9 @@ def step_texts(tokenizer, token_ids: Sequence[int], ends: Sequence[int]) -> list
     return texts
 
 
-def with_rule_step_rewards(episodes: Sequence[Episode], tokenizer, separator: str,
-                           correct_reward: float, incorrect_reward: float) -> list[Episode]:
+def segment(episodes: Sequence[Episode], tokenizer, separator: str) -> list[Steps]:
     out = []
     for ep in episodes:
         ends = step_token_ends(tokenizer, ep.response_token_ids, separator)
-        texts = step_texts(tokenizer, ep.response_token_ids, ends)
-        rewards = arithmetic_step_rewards(texts, ep.correct, correct_reward, incorrect_reward) if ends else []
-        out.append(ep.with_steps(rewards, ends))
+        out.append((ends, step_texts(tokenizer, ep.response_token_ids, ends)))
     return out

@@ -64,10 +64,12 @@ class RolloutGroup:
     def ready(self) -> None:
         _wait([e.ping.remote() for e in self.engines], self.names, self.timeout_s, "starting the vLLM engines")
 
-    def generate(self, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]]) -> tuple[list[Episode], dict]:
-        """G samples for each problem; group i is problems[i]; questions sharded across engines."""
+    def generate(self, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]], n: int | None = None,
+                 max_new_tokens: int | None = None) -> tuple[list[Episode], dict]:
+        """G samples (or ``n``) for each problem; group i is problems[i]; questions sharded across engines."""
         rc = self.cfg.rollout
-        spec = SamplingSpec(n=rc.group_size, max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p)
+        spec = SamplingSpec(n=n or rc.group_size, max_new_tokens=max_new_tokens or rc.max_new_tokens,
+                            temperature=rc.temperature, top_p=rc.top_p)
         requests = [(i, p, tuple(ids)) for i, (p, ids) in enumerate(zip(problems, prompt_ids))]
         parts = [requests[a:b] for a, b in shard_bounds(len(requests), len(self.engines))]
         used = [(e, n, part) for e, n, part in zip(self.engines, self.names, parts) if part]

@@ -104,3 +104,27 @@ def test_variant_names_match_the_registries():
 def test_variant_fields_validated(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(None, override)
+
+
+@pytest.mark.parametrize("override, field", [
+    (["reward.rule_weight=0"], "reward.rule_weight"),  # nothing left to reward with
+    (["reward.orm_weight=-1"], "reward.orm_weight"),
+    (["reward.prm_weight=1"], "reward.prm_weight"),  # a PRM needs process supervision
+    (["reward.orm_weight=1", "reward.orm_path=/nope/rm"], "reward.orm_path"),
+    (["iterative.every_steps=2"], "iterative.every_steps"),  # no learned reward to retrain
+    (["reward.orm_weight=1", "iterative.every_steps=1", "iterative.replay_ratio=1.0"], "iterative.replay_ratio"),
+    (["reward_model.prm_label=medium"], "reward_model.prm_label"),
+    (["reward_model.zero_stage=3"], "reward_model.zero_stage"),
+    (["reward_model.labels_file=/nope.jsonl"], "reward_model.labels_file"),
+    (["reward_model.heldout_frac=1"], "reward_model.heldout_frac"),
+])
+def test_reward_model_fields_validated(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, override)
+
+
+def test_shipped_reward_model_configs():
+    orm = load_config(str(ROOT / "configs/tiny_orm.yaml"))
+    assert orm.reward.orm_weight > 0 and orm.iterative.every_steps == 1 and orm.iterative.replay_ratio == 0.1
+    prm = load_config(str(ROOT / "configs/tiny_prm.yaml"), [f"data.train_file={SHARED_DATA / 'gsm8k/train.jsonl'}"])
+    assert prm.reward.prm_weight > 0 and prm.algorithm.supervision == "process"
