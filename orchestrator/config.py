@@ -219,6 +219,18 @@ class ResourcesConfig:
 
 
 @dataclass
+class EvalConfig:
+    every_steps: int = 0
+    """Evaluate the current policy on held-out questions every N steps, through the rollout engines (0 = off)."""
+    num_questions: int = 64
+    """Held-out questions per evaluation (the first N of data.eval_file, or of the arithmetic held-out split)."""
+    samples: int = 0
+    """Sampled answers per question besides the greedy one: pass@k (k = 1, 2, 4, ..., N) and maj@N (0 = greedy only)."""
+    temperature: float = 1.0
+    """Sampling temperature for eval.samples."""
+
+
+@dataclass
 class LoggingConfig:
     log_every: int = 1
     """Print a progress line every N steps (metrics.jsonl always gets every step)."""
@@ -254,6 +266,8 @@ class TrainConfig:
     """DeepSpeed learner."""
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     """Ray cluster and transfer settings."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Periodic evaluation during training (greedy accuracy, pass@k, maj@k)."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Progress and metrics."""
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -327,6 +341,12 @@ class TrainConfig:
             ("model.dtype", self.model.dtype in ("auto", "float32", "bfloat16"), "must be 'auto', 'float32' or 'bfloat16'"),
             ("resources.weight_sync", self.resources.weight_sync in ("auto", "file", "nccl"), "must be 'auto', 'file' or 'nccl'"),
             ("resources.timeout_s", self.resources.timeout_s > 0, "must be > 0"),
+            ("eval.every_steps", self.eval.every_steps >= 0, "must be >= 0"),
+            ("eval.num_questions", self.eval.num_questions >= 1, "must be >= 1"),
+            ("eval.samples", self.eval.samples >= 0, "must be >= 0"),
+            ("eval.temperature", self.eval.temperature > 0, "must be > 0"),
+            ("eval.every_steps", self.eval.every_steps == 0 or self.data.task == "arithmetic" or bool(self.data.eval_file),
+             "needs held-out questions: set data.eval_file"),
             ("logging.log_every", self.logging.log_every >= 1, "must be >= 1"),
             ("total_steps", self.total_steps >= 1, "must be >= 1"),
         ]

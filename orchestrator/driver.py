@@ -103,7 +103,7 @@ class Trainer:
         import ray
 
         from learner.actor import LearnerWorker
-        from orchestrator.data import QuestionSampler
+        from orchestrator.data import QuestionSampler, encode_prompts, load_problems
         from orchestrator.iterative import RewardModelRounds
         from reward.pool import RewardPool
         from rollout.group import RolloutGroup
@@ -134,6 +134,10 @@ class Trainer:
             tps = [cfg.rollout.tensor_parallel_size] * len(self.rollout.engines)
             self._get(self.learner.init_nccl_sync.remote(self.rollout.engines, tps, self.rollout.dtype), "NCCL weight-sync setup")
         print(f"actors ready in {time.time() - t0:.1f}s (weight sync: {self.sync_mode})", flush=True)
+        self.eval_problems = load_problems(cfg.data, "eval", cfg.seed)[: cfg.eval.num_questions] if cfg.eval.every_steps else []
+        if cfg.eval.every_steps and not self.eval_problems:
+            raise TrainingError("eval.every_steps is set but there are no held-out questions (data.eval_file)")
+        self.eval_prompts = encode_prompts(self.tokenizer, self.eval_problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
         self.reward_models = RewardModelRounds(self)
         self.start_metrics = self.reward_models.start() if self.rewards.weights.models else {}
 
@@ -172,6 +176,8 @@ class Trainer:
         metrics = {**step_metrics(episodes, cfg.rollout.group_size), **gen, **rew, **learn, **iteration}
         if step == 1:
             metrics.update({f"start/{k}": v for k, v in self.start_metrics.items()})
+        if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or step == cfg.total_steps):
+            metrics.update(self.evaluate(step))
         metrics.update({
             "rollout/tokens_per_s": tokens / max(gen["time/generate_s"], 1e-9),
             "time/sync_s": sync_s,
@@ -181,6 +187,26 @@ class Trainer:
         })
         self._write_samples(step, episodes)
         return metrics
+
+    def evaluate(self, step: int) -> dict:
+        """Greedy accuracy (and pass@k, maj@k) of the current policy on the held-out questions, through
+        the rollout engines; per-question results go to <output.dir>/eval/step_<step>.jsonl."""
+        import json
+
+        from orchestrator.evaluate import grade
+        from rollout.engine import SamplingSpec
+
+        ec, t0 = self.cfg.eval, time.time()
+        max_new = self.cfg.rollout.max_new_tokens
+        greedy = [t[0] for t in self.rollout.generate_text(self.eval_prompts, SamplingSpec(1, max_new, temperature=0.0))]
+        sampled = self.rollout.generate_text(self.eval_prompts, SamplingSpec(ec.samples, max_new, temperature=ec.temperature)) if ec.samples else None
+        summary, records = grade(self.eval_problems, greedy, sampled)
+        os.makedirs(os.path.join(self.out_dir, "eval"), exist_ok=True)
+        with open(os.path.join(self.out_dir, "eval", f"step_{step}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        out = {f"eval/{k}": v for k, v in summary.items() if k not in ("correct",)}
+        out["time/eval_s"] = time.time() - t0
+        return out
 
     def _write_samples(self, step: int, episodes: list[Episode]) -> None:
         import json
@@ -208,15 +234,17 @@ class Trainer:
         return final
 
     def _save_after_failure(self, step: int) -> str:
-        """Keep what was trained before the failed step (the guards stop a bad step before it updates)."""
-        if step == 1:
-            return ""
-        path = os.path.abspath(os.path.join(self.out_dir, f"policy_before_step_{step}"))
+        """Keep what was trained before the failure, named by the learner's own count of updates (a
+        failure after the update, e.g. in an Iterative RL round, keeps that step's update too)."""
         try:
+            version = self._get(self.learner.ping.remote(), "asking the learner for its step")
+            if version == 0:
+                return ""
+            path = os.path.abspath(os.path.join(self.out_dir, f"policy_after_step_{version}"))
             self._get(self.learner.save_pretrained.remote(path), "saving the policy after a failure")
         except Exception as e:  # noqa: BLE001 - the learner itself may be what failed
             return f" (could not save the policy: {e})"
-        return f" (policy after step {step - 1} saved to {path})"
+        return f" (policy after step {version} saved to {path})"
 
     def shutdown(self) -> None:
         for name in ("reward_models", "rollout", "rewards"):

@@ -18,7 +18,7 @@ PROGRESS_KEYS = (
     ("reward/mean", "reward {:.3f}"), ("reward/accuracy", "acc {:.3f}"), ("loss/kl", "kl {:.4f}"),
     ("loss/loss", "loss {:+.4f}"), ("loss/clip_frac", "clip {:.3f}"), ("response/length_mean", "len {:.1f}"),
     ("rollout/tokens_per_s", "{:.0f} tok/s"), ("time/generate_s", "gen {:.1f}s"), ("time/reward_s", "rew {:.1f}s"),
-    ("time/learn_s", "learn {:.1f}s"), ("time/sync_s", "sync {:.1f}s"),
+    ("time/learn_s", "learn {:.1f}s"), ("time/sync_s", "sync {:.1f}s"), ("eval/accuracy", "eval acc {:.3f}"),
 )
 
 

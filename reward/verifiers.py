@@ -221,6 +221,20 @@ VERIFIERS: dict[str, Verifier] = {
 }
 
 
+def answer_key(task: str, completion: str) -> Optional[str]:
+    """A canonical form of a completion's final answer, for majority voting; None if it has none.
+
+    Numbers compare by value ('72.0', '72' and '$72' share a key); MATH answers by their loosely
+    normalised LaTeX (equivalent forms written differently vote separately).
+    """
+    if task == "math":
+        boxed = last_boxed(completion)
+        return _normalize_latex(boxed) or None if boxed is not None else None
+    number = extract_model_answer_number(completion)
+    value = _to_fraction(number) if number is not None else None
+    return str(value) if value is not None else number
+
+
 def verify(task: str, completion: str, gold: str) -> bool:
     """Dispatch to the verifier of ``task``; unknown tasks raise ValueError naming them."""
     try:

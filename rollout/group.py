@@ -82,6 +82,14 @@ class RolloutGroup:
             stats[f"rollout/{name}/tokens_per_s"] = st["tokens"] / max(st["seconds"], 1e-9)
         return episodes, stats
 
+    def generate_text(self, prompt_ids: Sequence[Sequence[int]], spec: SamplingSpec) -> list[list[str]]:
+        """Texts only (evaluation): ``spec.n`` completions per prompt, prompts sharded across engines."""
+        parts = [list(prompt_ids[a:b]) for a, b in shard_bounds(len(prompt_ids), len(self.engines))]
+        used = [(e, name, part) for e, name, part in zip(self.engines, self.names, parts) if part]
+        results = _wait([e.generate_text.remote(part, spec) for e, _, part in used], [name for _, name, _ in used],
+                        self.timeout_s, "evaluation")
+        return [texts for shard in results for texts in shard]
+
     def sync_weights_blob(self, blob_ref, version: int) -> float:
         """File path: every engine reloads the blob behind ``blob_ref`` (a Ray object reference)."""
         t0 = time.time()

@@ -22,7 +22,8 @@ def _grpo(*args, timeout=1500):
 def test_train_two_steps_moves_weights_and_reaches_engines(tiny_model, tmp_path):
     out = tmp_path / "run"
     proc = _grpo("train", "-c", "configs/tiny_cpu.yaml", f"model.path={tiny_model}", f"output.dir={out}",
-                 "total_steps=2", "data.questions_per_step=2", "rollout.max_new_tokens=12", "learner.lr=1e-4")
+                 "total_steps=2", "data.questions_per_step=2", "rollout.max_new_tokens=12", "learner.lr=1e-4",
+                 "eval.every_steps=2", "eval.num_questions=8", "eval.samples=2")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "[step 2/2]" in proc.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -34,6 +35,13 @@ def test_train_two_steps_moves_weights_and_reaches_engines(tiny_model, tmp_path)
     assert records[0]["loss/kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: policy == reference
     assert records[1]["loss/kl"] > 0  # step 2 samples come from the updated policy
     assert [r["rollout/engine_version_min"] for r in records] == [1, 2]  # engines got every update
+    # periodic evaluation through the engines, after step 2's sync: metrics plus a per-question file
+    assert "eval/accuracy" not in records[0]
+    assert records[1]["eval/n"] == 8 and 0.0 <= records[1]["eval/accuracy"] <= 1.0
+    assert records[1]["eval/maj@2"] <= records[1]["eval/pass@2"]
+    evals = [json.loads(line) for line in (out / "eval" / "step_2.jsonl").read_text().splitlines()]
+    assert len(evals) == 8 and all(len(e["sampled"]) == 2 for e in evals)
+    assert records[1]["eval/accuracy"] == pytest.approx(sum(e["correct"] for e in evals) / 8)
     # sampler (vLLM) vs learner logprobs of the same tokens: also after a sync (step 2), which catches
     # an engine left with a stale copy of any weight
     assert all(r["rollout/logprob_abs_diff"] < 2e-3 for r in records), [r["rollout/logprob_abs_diff"] for r in records]
@@ -51,11 +59,21 @@ def test_train_two_steps_moves_weights_and_reaches_engines(tiny_model, tmp_path)
     assert model.config.num_hidden_layers == 30
 
     # the trained policy loads in vLLM through `grpo eval`
+    per_question = tmp_path / "eval.jsonl"
     proc = _grpo("eval", "--model", str(final), "--dataset", "gsm8k", "--data-file",
-                 str(SHARED_DATA / "gsm8k/train.jsonl"), "--limit", "3", "--max-new-tokens", "16")
+                 str(SHARED_DATA / "gsm8k/train.jsonl"), "--limit", "3", "--max-new-tokens", "16",
+                 "--samples", "4", "--output", str(per_question))
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["n"] == 3 and 0.0 <= result["accuracy"] <= 1.0 and result["dataset"] == "gsm8k"
+    rows = [json.loads(line) for line in per_question.read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r["sampled"]) == 4 for r in rows)
+    from orchestrator.eval_metrics import pass_at_k
+
+    # the summary is recomputed from the per-question file
+    assert result["pass@1"] == pytest.approx(sum(sum(s["correct"] for s in r["sampled"]) / 4 for r in rows) / 3)
+    assert result["pass@4"] == pytest.approx(sum(pass_at_k(4, sum(s["correct"] for s in r["sampled"]), 4) for r in rows) / 3)
+    assert 0.0 <= result["maj@4"] <= result["pass@4"]
 
 
 def test_bad_model_path_fails_before_any_actor(tmp_path):

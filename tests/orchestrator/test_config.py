@@ -128,3 +128,13 @@ def test_shipped_reward_model_configs():
     assert orm.reward.orm_weight > 0 and orm.iterative.every_steps == 1 and orm.iterative.replay_ratio == 0.1
     prm = load_config(str(ROOT / "configs/tiny_prm.yaml"), [f"data.train_file={SHARED_DATA / 'gsm8k/train.jsonl'}"])
     assert prm.reward.prm_weight > 0 and prm.algorithm.supervision == "process"
+
+
+@pytest.mark.parametrize("override, field", [
+    (["eval.every_steps=-1"], "eval.every_steps"),
+    (["eval.samples=-2"], "eval.samples"),
+    (["data.task=gsm8k", f"data.train_file={SHARED_DATA / 'gsm8k/train.jsonl'}", "eval.every_steps=5"], "eval.every_steps"),
+])
+def test_eval_fields_validated(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, override)
