@@ -24,11 +24,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _auth_headers() -> dict:
+    """`ray start` protects the dashboard with a token (RAY_AUTH_TOKEN, or the file it writes to
+    ~/.ray/auth_token). Sent explicitly: the SDK's own lookup depends on RAY_AUTH_MODE as read when
+    ray was first imported in this process."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH", os.path.expanduser("~/.ray/auth_token"))
+    if not token and os.path.exists(path):
+        with open(path) as f:
+            token = f.read().strip()
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
 @pytest.fixture
-def ray_head(monkeypatch):
-    # `ray start` protects the dashboard with a token (written to ~/.ray/auth_token); the Job SDK
-    # sends it only in token mode
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+def ray_head():
     port, dashboard = _free_port(), _free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
@@ -49,7 +58,7 @@ def test_tiny_job_submitted_to_a_ray_head_succeeds(ray_head, tiny_model, tmp_pat
         runtime_env = yaml.safe_load(f)
     runtime_env["working_dir"] = str(ROOT)
     out = tmp_path / "job-run"
-    client = JobSubmissionClient(ray_head)
+    client = JobSubmissionClient(ray_head, headers=_auth_headers())
     job_id = client.submit_job(
         entrypoint=(f"{sys.executable} -m orchestrator.cli train -c configs/tiny_cpu.yaml --address auto "
                     f"model.path={tiny_model} output.dir={out} total_steps=1 data.questions_per_step=2 "
