@@ -86,7 +86,6 @@ def _episodes(samples):
 def test_swapped_reward_model_is_the_one_scoring(cluster, cfg, trained, tiny_model, tmp_path):
     import torch
 
-    from reward.compose import RewardWeights
     from reward.model import RewardModel, load_backbone, save_reward_model
     from reward.pool import RewardPool
 
