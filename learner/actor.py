@@ -60,6 +60,16 @@ def _init_process_group(rank: int, world_size: int, master_addr: str, master_por
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
 
 
+def _start_rank(num_gpus: float, num_cpus: float, rank: int = 0, world_size: int = 1,
+                master_addr: str = "127.0.0.1", master_port: Optional[int] = None) -> bool:
+    """Thread count and process group of one DeepSpeed rank; returns whether it trains on a GPU."""
+    on_gpu = torch.cuda.is_available() and num_gpus > 0
+    if not on_gpu:
+        torch.set_num_threads(max(1, int(num_cpus)))
+    _init_process_group(rank, world_size, master_addr, master_port or free_port(), on_gpu)
+    return on_gpu
+
+
 class LearnerWorker:
     """One learner rank. Rank 0 also sends weights to the rollout engines."""
 
@@ -67,10 +77,7 @@ class LearnerWorker:
                  master_addr: str = "127.0.0.1", master_port: Optional[int] = None):
         from learner.trainer import PolicyTrainer
 
-        on_gpu = torch.cuda.is_available() and cfg.learner.num_gpus > 0
-        if not on_gpu:
-            torch.set_num_threads(max(1, int(cfg.learner.num_cpus)))
-        _init_process_group(rank, world_size, master_addr, master_port or free_port(), on_gpu)
+        _start_rank(cfg.learner.num_gpus, cfg.learner.num_cpus, rank, world_size, master_addr, master_port)
         self.trainer = PolicyTrainer(cfg, batch_size=batch_size, world_size=world_size, rank=rank)
         self.rollout_dtype = None
         self.nccl: Optional[NcclWeightSender] = None
@@ -126,10 +133,7 @@ class RewardModelLearner:
         from learner.reward_trainer import RewardModelTrainer
 
         rm = cfg.reward_model
-        on_gpu = torch.cuda.is_available() and rm.num_gpus > 0
-        if not on_gpu:
-            torch.set_num_threads(max(1, int(rm.num_cpus)))
-        _init_process_group(0, 1, "127.0.0.1", free_port(), on_gpu)
+        on_gpu = _start_rank(rm.num_gpus, rm.num_cpus)
         self.trainer = RewardModelTrainer(rm, init_path, kind, cfg.data.system_prompt, cfg.data.max_prompt_tokens,
                                           on_gpu=on_gpu, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
 
@@ -141,9 +145,10 @@ class RewardModelLearner:
         before = self.trainer.evaluate(heldout)
         metrics = self.trainer.train(samples)
         after = self.trainer.evaluate(heldout)
-        metrics.update({"rm/heldout_accuracy_before": before["accuracy"], "rm/heldout_loss_before": before["loss"], "rm/heldout_accuracy": after["accuracy"],
-                        "rm/heldout_auc": after["auc"], "rm/heldout_loss": after["loss"],
-                        "rm/heldout_positions": after["positions"], "rm/heldout_positive_frac": after.get("positive_frac", float("nan"))})
+        metrics.update({"rm/heldout_accuracy_before": before["accuracy"], "rm/heldout_loss_before": before["loss"],
+                        "rm/heldout_accuracy": after["accuracy"], "rm/heldout_auc": after["auc"],
+                        "rm/heldout_loss": after["loss"], "rm/heldout_positions": after["positions"],
+                        "rm/heldout_positive_frac": after["positive_frac"]})
         return metrics
 
     def evaluate(self, samples: list) -> dict:

@@ -121,7 +121,8 @@ class RewardModelTrainer:
     def evaluate(self, samples: Sequence[RMSample]) -> dict:
         """Loss, accuracy (logit > 0 vs label) and AUC over every labelled position."""
         if not samples:
-            return {"loss": float("nan"), "accuracy": float("nan"), "auc": float("nan"), "positions": 0}
+            return {"loss": float("nan"), "accuracy": float("nan"), "auc": float("nan"), "positions": 0,
+                    "positive_frac": float("nan")}
         self.engine.eval()
         all_logits, all_labels = [], []
         for start in range(0, len(samples), self.cfg.micro_batch_size):
