@@ -107,16 +107,36 @@ class LearnerWorker:
         """File path: the policy as safetensors bytes in the engines' dtype ('float32' or 'bfloat16')."""
         return pack_state_dict(self.trainer.export_state_dict(getattr(torch, dtype)))
 
-    def init_nccl_sync(self, engine_handles: Sequence, tp_sizes: Sequence[int], dtype: str) -> None:
-        self.nccl = NcclWeightSender(self.trainer.engine.module, engine_handles, tp_sizes, getattr(torch, dtype))
+    def init_nccl_sync(self, engines: dict, tp: int, dtype: str) -> None:
+        """GPU path: one NCCL group per engine (``engines``: name -> handle); callable again for engines
+        that join later."""
+        if self.nccl is None:
+            self.nccl = NcclWeightSender(self.trainer.engine.module, getattr(torch, dtype))
+        for name, handle in engines.items():
+            self.nccl.add(name, handle, tp)
 
-    def nccl_send(self, version: int) -> float:
+    def drop_nccl_engines(self, names: Sequence[str]) -> None:
+        for name in names:
+            if self.nccl is not None:
+                self.nccl.remove(name)
+
+    def nccl_send(self, version: int, names: Optional[Sequence[str]] = None) -> float:
         if self.nccl is None:
             raise RuntimeError("nccl_send called before init_nccl_sync")
-        return self.nccl.send(version)
+        return self.nccl.send(version, names)
 
     def save_pretrained(self, out_dir: str) -> str:
         return self.trainer.save_pretrained(out_dir)
+
+    def save_checkpoint(self, out_dir: str) -> int:
+        """Resumable learner state under ``out_dir``/learner and the policy in HF format under ``out_dir``/policy."""
+        os.makedirs(os.path.join(out_dir, "learner"), exist_ok=True)
+        self.trainer.save_state(os.path.join(out_dir, "learner"))
+        self.trainer.save_pretrained(os.path.join(out_dir, "policy"))
+        return self.trainer.version
+
+    def load_checkpoint(self, in_dir: str) -> int:
+        return self.trainer.load_state(os.path.join(in_dir, "learner"))
 
     def reset_reference(self) -> None:
         self.trainer.reset_reference()

@@ -234,6 +234,37 @@ class PolicyTrainer:
         self.tokenizer.save_pretrained(out_dir)
         return out_dir
 
+    def save_state(self, out_dir: str) -> None:
+        """Everything needed to continue training exactly: DeepSpeed state (weights, optimizer moments,
+        counters), the reference model, the RNG; ``resume`` reads it back."""
+        from safetensors.torch import save_model
+
+        self.engine.save_checkpoint(os.path.join(out_dir, "deepspeed"), tag="state",
+                                    client_state={"version": self.version}, save_latest=False)
+        if self.rank == 0:
+            save_model(self.reference, os.path.join(out_dir, "reference.safetensors"))
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.on_gpu else None}
+        torch.save(rng, os.path.join(out_dir, f"rng_rank{self.rank}.pt"))
+
+    def load_state(self, in_dir: str) -> int:
+        """Restore ``save_state``'s folder; returns the policy version (updates applied) it holds."""
+        from safetensors.torch import load_model
+
+        path, client = self.engine.load_checkpoint(os.path.join(in_dir, "deepspeed"), tag="state",
+                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"no DeepSpeed state under {in_dir}/deepspeed")
+        missing, unexpected = load_model(self.reference, os.path.join(in_dir, "reference.safetensors"), strict=False)
+        if unexpected or [m for m in missing if m not in self._tied_names()]:
+            raise RuntimeError(f"reference in {in_dir}: missing {missing}, unexpected {unexpected}")
+        self.reference.to(self.device)
+        rng = torch.load(os.path.join(in_dir, f"rng_rank{self.rank}.pt"), weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        if self.on_gpu and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.version = int(client["version"])
+        return self.version
+
     def reset_reference(self) -> None:
         """Make the reference model a copy of the current policy (Iterative RL)."""
         state = self.export_state_dict(self.dtype, include_tied=False)

@@ -64,29 +64,40 @@ class GatheredModuleSource:
 
 
 class NcclWeightSender:
-    """Learner side of the GPU path: one vLLM NCCL trainer engine per rollout engine."""
+    """Learner side of the GPU path: one vLLM NCCL trainer engine per rollout engine, by engine name,
+    so engines can join (``add``) and leave (``remove``) a running job."""
 
-    def __init__(self, module: torch.nn.Module, engine_handles: Sequence, tp_sizes: Sequence[int], dtype: torch.dtype):
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype):
+        self.source = GatheredModuleSource(module, dtype)
+        self.senders: dict = {}
+
+    def add(self, name: str, handle, tp: int) -> None:
         from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
         address = socket.gethostbyname(socket.gethostname())
-        source = GatheredModuleSource(module, dtype)
-        self.senders = []
-        for handle, tp in zip(engine_handles, tp_sizes):
-            info = NCCLTrainerInitInfo(master_address=address, master_port=free_port(), world_size=1 + tp)
-            client = RayVLLMWeightSyncClient(handle)
-            self.senders.append(NCCLTrainerWeightTransferEngine.trainer_init(info, client=client, source=source))
+        info = NCCLTrainerInitInfo(master_address=address, master_port=free_port(), world_size=1 + tp)
+        client = RayVLLMWeightSyncClient(handle)
+        self.senders[name] = NCCLTrainerWeightTransferEngine.trainer_init(info, client=client, source=self.source)
 
-    def send(self, version: int) -> float:
+    def remove(self, name: str) -> None:
+        sender = self.senders.pop(name, None)
+        if sender is not None:
+            try:
+                sender.shutdown()
+            except Exception:  # noqa: BLE001 - the engine on the other side may be dead
+                pass
+
+    def send(self, version: int, names: Sequence[str] | None = None) -> float:
         import ray
 
         t0 = time.time()
-        for sender in self.senders:
+        for name in names if names is not None else list(self.senders):
+            sender = self.senders[name]
             sender.send_weights()  # start, broadcast, finish (resets the engine's prefix cache)
             ray.get([h.update_weight_version.remote(str(version)) for h in sender.client.handles])
         return time.time() - t0
 
     def shutdown(self) -> None:
-        for sender in self.senders:
-            sender.shutdown()
+        for name in list(self.senders):
+            self.remove(name)

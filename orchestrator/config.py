@@ -84,6 +84,10 @@ class RolloutConfig:
     """Disable CUDA graphs / compilation (required on CPU; False is faster on GPU)."""
     enable_prefix_caching: bool = True
     """Share the prompt's KV cache across the G samples of a group."""
+    resources: dict = field(default_factory=dict)
+    """Custom Ray resources per engine, e.g. {rollout_node: 1} to pin engines to the rollout worker group."""
+    max_restarts: int = 3
+    """Engines that die are replaced (and given the current weights) up to this many times per run; their work is redone on the others."""
 
 
 @dataclass
@@ -98,6 +102,10 @@ class RewardConfig:
     """Reward for a wrong or missing final answer."""
     num_cpus_per_worker: float = 0.5
     """Ray CPUs reserved per reward actor."""
+    resources: dict = field(default_factory=dict)
+    """Custom Ray resources per reward worker, e.g. {reward_node: 1}."""
+    max_restarts: int = 3
+    """Reward workers that die are restarted (with the current reward models) up to this many times; their shard is rescored."""
     rule_weight: float = 1.0
     """Weight of the rule verifier's reward in the composed reward (0 = learned rewards only)."""
     orm_weight: float = 0.0
@@ -204,6 +212,8 @@ class LearnerConfig:
     """Ray CPUs reserved for the learner."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    resources: dict = field(default_factory=dict)
+    """Custom Ray resources for the learner (and the reward-model learners), e.g. {learner_node: 1}."""
 
 
 @dataclass
@@ -216,6 +226,10 @@ class ResourcesConfig:
     """Weight transfer to engines: 'file' (safetensors via the object store + shared memory), 'nccl' (GPU broadcast) or 'auto'."""
     timeout_s: float = 1800.0
     """Deadline for any remote call (generation, scoring, a learner step, a sync); a late actor is named in the error."""
+    placement_timeout_s: float = 120.0
+    """How long to wait for a role's placement group (its GPUs/CPUs/custom resources) before failing with what is missing."""
+    check_cluster: bool = True
+    """Before starting actors, check that the cluster has the CPUs, GPUs and custom resources every role asks for."""
 
 
 @dataclass
@@ -236,6 +250,8 @@ class LoggingConfig:
     """Print a progress line every N steps (metrics.jsonl always gets every step)."""
     ray_metrics: bool = True
     """Also export per-step figures as Ray metrics (Prometheus, Ray dashboard)."""
+    dashboard: bool = True
+    """Start the Ray dashboard with the local Ray (its address is printed); a cluster's own dashboard is used otherwise."""
 
 
 @dataclass
@@ -244,6 +260,12 @@ class OutputConfig:
     """Run folder: metrics.jsonl, config.yaml and final/ (the trained policy in Hugging Face format)."""
     save_final: bool = True
     """Save the policy to <dir>/final at the end of training."""
+    checkpoint_every: int = 50
+    """Write a resumable checkpoint to <dir>/checkpoints/step_N every N steps (0 = off); the last step always gets one."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted once a newer one is complete."""
+    resume: Optional[str] = None
+    """Resume from a checkpoint folder, 'auto' (the newest in <dir>/checkpoints; grpo train --resume) or 'if_exists' (auto when there is one: retried jobs)."""
 
 
 @dataclass
@@ -348,6 +370,11 @@ class TrainConfig:
             ("eval.every_steps", self.eval.every_steps == 0 or self.data.task == "arithmetic" or bool(self.data.eval_file),
              "needs held-out questions: set data.eval_file"),
             ("logging.log_every", self.logging.log_every >= 1, "must be >= 1"),
+            ("rollout.max_restarts", self.rollout.max_restarts >= 0, "must be >= 0"),
+            ("reward.max_restarts", self.reward.max_restarts >= 0, "must be >= 0"),
+            ("resources.placement_timeout_s", self.resources.placement_timeout_s > 0, "must be > 0"),
+            ("output.checkpoint_every", self.output.checkpoint_every >= 0, "must be >= 0"),
+            ("output.keep_last", self.output.keep_last >= 1, "must be >= 1"),
             ("total_steps", self.total_steps >= 1, "must be >= 1"),
         ]
         for name, ok, why in checks:
@@ -359,6 +386,11 @@ class TrainConfig:
                 f"config field learner.micro_batch_size={self.learner.micro_batch_size} must divide the step's "
                 f"batch of data.questions_per_step*rollout.group_size={batch} sequences"
             )
+        for role in ("rollout", "reward", "learner"):
+            for key, amount in getattr(self, role).resources.items():
+                if key in ("CPU", "GPU", "memory") or not isinstance(amount, (int, float)) or amount <= 0:
+                    raise ConfigError(f"config field {role}.resources has {key}={amount!r}: custom resources need a "
+                                      "positive amount (CPUs and GPUs have their own fields)")
         for name in ("orm_path", "prm_path"):
             path = getattr(self.reward, name)
             if path and path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
@@ -395,6 +427,12 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config field {name}={value!r} must be a list")
         return tuple(float(v) for v in value)
+    if hint is dict or origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field {name}={value!r} must be a mapping, e.g. {{rollout_node: 1}}")
+        return {str(k): v for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -49,7 +49,21 @@ def preflight(cfg: TrainConfig):
     if not problems:
         raise RuntimeError(f"data: no training questions for task {cfg.data.task!r}")
     prompt_ids = encode_prompts(tokenizer, problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
+    if cfg.output.resume:
+        from orchestrator.checkpoint import find_checkpoint
+
+        find_checkpoint(cfg.output.dir, cfg.output.resume)
     return tokenizer, problems, prompt_ids
+
+
+def check_resources(cfg: TrainConfig) -> None:
+    """The cluster holds every role's CPUs, GPUs and custom resources (one line naming what is short)."""
+    import ray
+
+    from orchestrator.placement import check_cluster, role_demands
+
+    if cfg.resources.check_cluster:
+        check_cluster(role_demands(cfg), ray.cluster_resources())
 
 
 def init_ray(cfg: TrainConfig) -> None:
@@ -67,7 +81,19 @@ def init_ray(cfg: TrainConfig) -> None:
               + cfg.reward.num_workers * cfg.reward.num_cpus_per_worker + cfg.learner.num_cpus
               + learned * cfg.reward_model.num_cpus)
     num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(wanted + 0.999))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+    # the custom resources the roles ask for (rollout_node, ...) exist on the one local node
+    from orchestrator.placement import role_demands
+
+    custom: dict = {}
+    for bundles in role_demands(cfg).values():
+        for bundle in bundles:
+            for key, amount in bundle.items():
+                if key not in ("CPU", "GPU"):
+                    custom[key] = custom.get(key, 0.0) + amount
+    context = ray.init(num_cpus=num_cpus, resources=custom or None, include_dashboard=cfg.logging.dashboard,
+                       runtime_env=env, log_to_driver=True)
+    if cfg.logging.dashboard and getattr(context, "dashboard_url", None):
+        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
 
 def _repo_root() -> str:
@@ -90,14 +116,21 @@ def step_metrics(episodes: list[Episode], group_size: int) -> dict:
 
 
 class Trainer:
-    """Builds the actors, runs the loop, saves the result."""
+    """Builds the actors, runs the loop, checkpoints, resumes, saves the result."""
 
     def __init__(self, cfg: TrainConfig):
+        from orchestrator.checkpoint import list_checkpoints
+
+        if cfg.output.resume == "if_exists":  # a retried job continues; a first attempt starts fresh
+            cfg.output.resume = "auto" if list_checkpoints(cfg.output.dir) else None
         self.cfg = cfg
         self.out_dir = cfg.output.dir
+        self.start_step = 1
+        self.policy_version = 0
         os.makedirs(self.out_dir, exist_ok=True)
         with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
+            yaml.safe_dump({**dataclasses.asdict(cfg), "output": {**dataclasses.asdict(cfg.output), "resume": None}}, f,
+                           sort_keys=False)
 
     def setup(self) -> None:
         import ray
@@ -105,6 +138,7 @@ class Trainer:
         from learner.actor import LearnerWorker
         from orchestrator.data import QuestionSampler, encode_prompts, load_problems
         from orchestrator.iterative import RewardModelRounds
+        from orchestrator.placement import actor_options, learner_bundle, place, scheduling
         from reward.pool import RewardPool
         from rollout.group import RolloutGroup
 
@@ -114,61 +148,100 @@ class Trainer:
         self.problems = problems
         self.prompt_ids = {p.uid: ids for p, ids in zip(problems, prompt_ids)}
         self.sampler = QuestionSampler(problems, cfg.data.questions_per_step, cfg.seed, cfg.data.shuffle)
+        self._sampler_before = self.sampler.state_dict()
         print(f"preflight ok: {len(problems)} questions, model {cfg.model.path} ({time.time() - t0:.1f}s)", flush=True)
         init_ray(cfg)
+        check_resources(cfg)
         max_len = max(len(ids) for ids in prompt_ids) + cfg.rollout.max_new_tokens
         self.sync_mode = cfg.resources.weight_sync
         if self.sync_mode == "auto":
             self.sync_mode = "nccl" if cfg.rollout.num_gpus_per_worker > 0 and cfg.learner.num_gpus > 0 else "file"
+        print("starting actors: vLLM engines, reward workers, DeepSpeed learner ...", flush=True)
         self.rollout = RolloutGroup(cfg, max_model_len=max_len, weight_transfer_backend="nccl" if self.sync_mode == "nccl" else None)
         self.rewards = RewardPool.from_config(cfg)
         batch_size = cfg.data.questions_per_step * cfg.rollout.group_size
-        self.learner = ray.remote(LearnerWorker).options(
-            num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus
-        ).remote(cfg, batch_size)
-        print("starting actors: vLLM engines, reward workers, DeepSpeed learner ...", flush=True)
+        bundle = learner_bundle(cfg)
+        self.learner_pg = place("learner", [bundle], cfg.resources.placement_timeout_s)
+        self.learner = ray.remote(LearnerWorker).options(**actor_options(bundle), **scheduling(self.learner_pg)).remote(cfg, batch_size)
         self.rewards.ready(cfg.resources.timeout_s)
         self.rollout.ready()
         self._get(self.learner.ping.remote(), "starting the learner")
+        self._nccl_engines: set = set()
         if self.sync_mode == "nccl":
-            tps = [cfg.rollout.tensor_parallel_size] * len(self.rollout.engines)
-            self._get(self.learner.init_nccl_sync.remote(self.rollout.engines, tps, self.rollout.dtype), "NCCL weight-sync setup")
+            self._init_nccl(dict(self.rollout.engines))
         print(f"actors ready in {time.time() - t0:.1f}s (weight sync: {self.sync_mode})", flush=True)
         self.eval_problems = load_problems(cfg.data, "eval", cfg.seed)[: cfg.eval.num_questions] if cfg.eval.every_steps else []
         if cfg.eval.every_steps and not self.eval_problems:
             raise TrainingError("eval.every_steps is set but there are no held-out questions (data.eval_file)")
         self.eval_prompts = encode_prompts(self.tokenizer, self.eval_problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
         self.reward_models = RewardModelRounds(self)
-        self.start_metrics = self.reward_models.start() if self.rewards.weights.models else {}
+        self.start_metrics = {}
+        if cfg.output.resume:
+            self.resume(cfg.output.resume)
+        elif self.rewards.weights.models:
+            self.start_metrics = self.reward_models.start()
 
     def _get(self, ref, what: str):
         from orchestrator.remote import gather
 
         return gather([("learner", ref)], self.cfg.resources.timeout_s, what, TrainingError)[0]
 
-    def sync_weights(self, version: int) -> float:
+    # ---------------------------------------------------------------------------- weights
+    def _init_nccl(self, engines: dict) -> None:
+        self._get(self.learner.init_nccl_sync.remote(engines, self.cfg.rollout.tensor_parallel_size, self.rollout.dtype),
+                  "NCCL weight-sync setup")
+        self._nccl_engines |= set(engines)
+
+    def sync_weights(self, version: int, names: list[str] | None = None) -> float:
+        """The learner's current weights to every engine (or ``names``), labelled ``version``."""
         t0 = time.time()
         if self.sync_mode == "nccl":
-            self._get(self.learner.nccl_send.remote(version), f"weight sync v{version}")
+            gone = self._nccl_engines - set(self.rollout.names)
+            if gone:
+                self._get(self.learner.drop_nccl_engines.remote(sorted(gone)), "dropping dead engines from NCCL sync")
+                self._nccl_engines -= gone
+            targets = sorted(self._nccl_engines) if names is None else list(names)
+            self._get(self.learner.nccl_send.remote(version, targets), f"weight sync v{version}")
         else:
             blob = self.learner.export_weights_blob.remote(self.rollout.dtype)
-            self.rollout.sync_weights_blob(blob, version)
+            self.rollout.sync_weights_blob(blob, version, names)
         return time.time() - t0
 
+    def _load_new_engines(self, engines: dict) -> None:
+        """New engines (replacements, scale-up) get the current policy before they generate."""
+        if self.sync_mode == "nccl":
+            self._init_nccl(engines)
+        if self.policy_version > 0:
+            self.sync_weights(self.policy_version, list(engines))
+
+    def _reconcile_pool(self) -> None:
+        """Between steps: apply ``grpo scale`` requests and replace engines that died."""
+        from orchestrator.control import read_control
+
+        control = read_control(self.out_dir)
+        if control and control["rollout_workers"] != self.rollout.target:
+            print(f"rollout pool: scaling from {self.rollout.target} to {control['rollout_workers']} engines", flush=True)
+            self.rollout.scale_to(control["rollout_workers"])
+        self.rollout.heal(self._load_new_engines)
+
+    # ------------------------------------------------------------------------------- step
     def run_step(self, step: int) -> dict:
         from reward.process import segment
 
         cfg = self.cfg
         t0 = time.time()
+        self._reconcile_pool()
+        self._sampler_before = self.sampler.state_dict()
         problems = self.sampler.next_batch()
         episodes, gen = self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems])
         steps = segment(episodes, self.tokenizer, cfg.algorithm.step_separator) if cfg.algorithm.supervision == "process" else None
         episodes, rew = self.rewards.score(episodes, cfg.resources.timeout_s, steps)
         batch = Batch(episodes=episodes, group_size=cfg.rollout.group_size)
         learn = self._get(self.learner.train_step.remote(batch, step), f"step {step}: learner update")
+        self.policy_version = step
         sync_s = self.sync_weights(step)
         versions = self.rollout.policy_versions()
-        if min(versions) != step:
+        if set(versions.values()) != {step}:
             raise TrainingError(f"step {step}: engines report policy versions {versions} after the sync")
         self.reward_models.observe(episodes, steps)
         iteration = self.reward_models.maybe_iterate(step)
@@ -183,11 +256,12 @@ class Trainer:
             "time/sync_s": sync_s,
             "time/step_s": time.time() - t0,
             "policy_version": step,
-            "rollout/engine_version_min": min(versions),
+            "rollout/engine_version_min": min(versions.values()),
+            "data/epoch": self.sampler.epoch,
+            "data/position": self.sampler.position,
         })
         self._write_samples(step, episodes)
         return metrics
-
     def evaluate(self, step: int) -> dict:
         """Greedy accuracy (and pass@k, maj@k) of the current policy on the held-out questions, through
         the rollout engines; per-question results go to <output.dir>/eval/step_<step>.jsonl."""
@@ -216,17 +290,71 @@ class Trainer:
                 f.write(json.dumps({"step": step, "uid": e.problem.uid, "gold": e.problem.gold,
                                     "response": e.response_text, "reward": e.reward}) + "\n")
 
+    # -------------------------------------------------------------------- checkpoints
+    def checkpoint(self, step: int) -> str:
+        """A resumable checkpoint of the state after ``step`` (see orchestrator.checkpoint)."""
+        from orchestrator.checkpoint import write_checkpoint
+
+        t0 = time.time()
+
+        def fill(folder: str) -> dict:
+            version = self._get(self.learner.save_checkpoint.remote(folder), f"checkpoint of step {step}: learner state")
+            self.reward_models.save(folder)
+            return {"policy_version": version, "sampler": self.sampler.state_dict(),
+                    "reward_models": self.reward_models.state_dict(), "total_steps": self.cfg.total_steps}
+
+        path = write_checkpoint(self.out_dir, step, fill, self.cfg.output.keep_last)
+        print(f"checkpoint: {path} ({time.time() - t0:.1f}s)", flush=True)
+        return path
+
+    def resume(self, spec: str) -> None:
+        """Continue from a checkpoint: learner, reference, optimizer, data position, reward models; the
+        engines get the checkpoint's policy; records of later steps are dropped from the run's logs."""
+        from orchestrator.checkpoint import find_checkpoint, read_state, truncate_jsonl
+
+        t0 = time.time()
+        path = find_checkpoint(self.out_dir, spec)
+        state = read_state(path)
+        step = int(state["step"])
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+        except ValueError as e:
+            raise TrainingError(f"resume from {path}: {e} (the data or seed changed)") from e
+        version = self._get(self.learner.load_checkpoint.remote(path), f"resume from {path}: learner state")
+        if version != state["policy_version"]:
+            raise TrainingError(f"resume from {path}: learner state holds {version} updates, the checkpoint says {state['policy_version']}")
+        if self.rewards.weights.models:
+            self.reward_models.restore(state["reward_models"], path)
+        self.policy_version = version
+        self.sync_weights(version)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            truncate_jsonl(os.path.join(self.out_dir, name), step)
+        self.start_step = step + 1
+        print(f"resumed from {path}: continuing at step {self.start_step} ({time.time() - t0:.1f}s)", flush=True)
+
+    def _should_checkpoint(self, step: int) -> bool:
+        every = self.cfg.output.checkpoint_every
+        return every > 0 and (step % every == 0 or step == self.cfg.total_steps)
+
+    # ------------------------------------------------------------------------------- loop
     def train(self) -> str:
+        from tqdm import tqdm
+
         cfg = self.cfg
         self.setup()
+        bar = tqdm(total=cfg.total_steps, initial=self.start_step - 1, desc="GRPO steps", unit="step", disable=None)
         logger = MetricsLogger(self.out_dir, cfg.total_steps, cfg.logging.log_every, cfg.logging.ray_metrics,
-                               tags={"run": os.path.basename(os.path.abspath(self.out_dir))})
-        for step in range(1, cfg.total_steps + 1):
+                               tags={"run": os.path.basename(os.path.abspath(self.out_dir))}, echo=bar.write)
+        for step in range(self.start_step, cfg.total_steps + 1):
             try:
                 logger.log(step, self.run_step(step))
+                if self._should_checkpoint(step):
+                    self.checkpoint(step)
             except Exception as e:
                 saved = self._save_after_failure(step)
                 raise TrainingError(f"step {step} failed: {e}{saved}") from e
+            bar.update(1)
+        bar.close()
         final = os.path.abspath(os.path.join(self.out_dir, "final"))
         if cfg.output.save_final:
             self._get(self.learner.save_pretrained.remote(final), "saving the final policy")
@@ -234,19 +362,33 @@ class Trainer:
         return final
 
     def _save_after_failure(self, step: int) -> str:
-        """Keep what was trained before the failure, named by the learner's own count of updates (a
-        failure after the update, e.g. in an Iterative RL round, keeps that step's update too)."""
+        """Keep what was trained before the failure and say how to resume. If the learner still holds
+        the state after step-1 (the failure came before the update), that state becomes a checkpoint;
+        after the update, the policy is saved in HF format, named by the learner's count of updates."""
+        from orchestrator.checkpoint import list_checkpoints, resume_hint
+
         try:
             version = self._get(self.learner.ping.remote(), "asking the learner for its step")
-            if version == 0:
-                return ""
-            path = os.path.abspath(os.path.join(self.out_dir, f"policy_after_step_{version}"))
-            self._get(self.learner.save_pretrained.remote(path), "saving the policy after a failure")
+            done = list_checkpoints(self.out_dir)
+            if version == 0 or (done and done[-1][0] == version):
+                saved = ""
+            elif version == step - 1 and self.cfg.output.checkpoint_every:
+                self.sampler.load_state_dict(self._sampler_before)  # the failed step's questions come again
+                saved = f" (state after step {version} checkpointed to {self.checkpoint(version)})"
+            else:
+                path = os.path.abspath(os.path.join(self.out_dir, f"policy_after_step_{version}"))
+                self._get(self.learner.save_pretrained.remote(path), "saving the policy after a failure")
+                saved = f" (policy after step {version} saved to {path})"
         except Exception as e:  # noqa: BLE001 - the learner itself may be what failed
-            return f" (could not save the policy: {e})"
-        return f" (policy after step {version} saved to {path})"
+            saved = f" (could not save the policy: {e})"
+        hint = resume_hint(self.out_dir)
+        return saved + (f"\nto resume: {hint}" if hint else "")
 
     def shutdown(self) -> None:
+        from orchestrator.placement import release
+
         for name in ("reward_models", "rollout", "rewards"):
             if hasattr(self, name):
                 getattr(self, name).shutdown()
+        if hasattr(self, "learner_pg"):
+            release(self.learner_pg)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import shutil
 import time
 from typing import Optional, Sequence
 
@@ -70,6 +72,7 @@ class RewardModelRounds:
         self.buffers = {k: ReplayBuffer(os.path.join(self.root, k, "replay"), self.cfg.iterative.replay_max_samples,
                                         seed=self.cfg.seed) for k in self.kinds}
         self.learners: dict = {}
+        self.pgs: dict = {}
         self.iteration = 0
         self.recent: list[tuple[list[Episode], Optional[list[Steps]]]] = []
 
@@ -79,23 +82,30 @@ class RewardModelRounds:
         return gather([(name, ref)], self.cfg.resources.timeout_s, what, IterativeError)[0]
 
     # ------------------------------------------------------------------------------- start-up
-    def start(self) -> dict:
-        """Train (or take) the first reward models and load them into the reward workers."""
+    def _start_learners(self, init: dict[str, str]) -> None:
+        """One reward-model trainer per kind in ``init`` (kind -> starting weights), in its placement group."""
         import ray
 
         from learner.actor import RewardModelLearner
+        from orchestrator.placement import actor_options, place, reward_model_bundle, scheduling
 
-        cfg, metrics = self.cfg, {}
-        rm = cfg.reward_model
-        for kind in self.kinds:  # a trainer only where a model is to be trained
-            given = getattr(cfg.reward, f"{kind}_path")
-            if given and not cfg.iterative.every_steps:
-                continue
-            init = given or rm.backbone or cfg.model.path
-            self.learners[kind] = ray.remote(RewardModelLearner).options(num_cpus=rm.num_cpus, num_gpus=rm.num_gpus).remote(
-                cfg, kind, os.path.abspath(init) if os.path.isdir(init) else init)
+        bundle = reward_model_bundle(self.cfg)
+        for kind, path in init.items():
+            self.pgs[kind] = place(f"{kind}-trainer", [bundle], self.cfg.resources.placement_timeout_s)
+            self.learners[kind] = ray.remote(RewardModelLearner).options(
+                **actor_options(bundle), **scheduling(self.pgs[kind])).remote(
+                self.cfg, kind, os.path.abspath(path) if os.path.isdir(path) else path)
         for kind, learner in self.learners.items():
             self._get(f"{kind}-trainer", learner.ping.remote(), f"starting the {kind} reward-model trainer")
+
+    def start(self) -> dict:
+        """Train (or take) the first reward models and load them into the reward workers."""
+        cfg, metrics = self.cfg, {}
+        rm = cfg.reward_model
+        # a trainer only where a model is to be trained
+        self._start_learners({kind: getattr(cfg.reward, f"{kind}_path") or rm.backbone or cfg.model.path
+                              for kind in self.kinds
+                              if cfg.iterative.every_steps or not getattr(cfg.reward, f"{kind}_path")})
         for kind in self.kinds:
             given = getattr(cfg.reward, f"{kind}_path")
             if given:
@@ -109,6 +119,36 @@ class RewardModelRounds:
                       f"held-out accuracy {m.get(f'{kind}/heldout_accuracy', float('nan')):.3f} -> {path}", flush=True)
             self.t.rewards.swap_model(kind, path, 0, cfg.resources.timeout_s)
         return metrics
+
+    # ----------------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict:
+        rewards = self.t.rewards
+        return {"iteration": self.iteration,
+                "models": {k: {"path": rewards.model_paths[k], "version": rewards.model_version[k]} for k in self.kinds}}
+
+    def save(self, folder: str) -> None:
+        """Replay buffers and the samples waiting for the next round, into a checkpoint folder."""
+        for kind, buffer in self.buffers.items():
+            shutil.copytree(buffer.directory, os.path.join(folder, "replay", kind))
+        with open(os.path.join(folder, "rounds_recent.pkl"), "wb") as f:
+            pickle.dump(self.recent, f)
+
+    def restore(self, state: dict, folder: str) -> None:
+        """Continue from a checkpoint: the reward models it served (trainers continue from them), its
+        replay buffers and pending samples, its iteration count."""
+        cfg, models = self.cfg, state["models"]
+        if set(models) != set(self.kinds):
+            raise IterativeError(f"checkpoint {folder} has reward models {sorted(models)}, this config uses {sorted(self.kinds)}")
+        self._start_learners({k: models[k]["path"] for k in self.kinds if cfg.iterative.every_steps})
+        for kind in self.kinds:
+            directory = self.buffers[kind].directory
+            shutil.rmtree(directory, ignore_errors=True)
+            shutil.copytree(os.path.join(folder, "replay", kind), directory)
+            self.buffers[kind] = ReplayBuffer(directory, cfg.iterative.replay_max_samples, seed=cfg.seed)
+            self.t.rewards.swap_model(kind, models[kind]["path"], models[kind]["version"], cfg.resources.timeout_s)
+        with open(os.path.join(folder, "rounds_recent.pkl"), "rb") as f:
+            self.recent = pickle.load(f)
+        self.iteration = int(state["iteration"])
 
     def _bootstrap_samples(self, kind: str) -> list[RMSample]:
         """Samples of the initial policy on questions drawn apart from the RL data order."""
@@ -204,12 +244,16 @@ class RewardModelRounds:
     def shutdown(self) -> None:
         import ray
 
+        from orchestrator.placement import release
+
         for actor in self.learners.values():
             try:
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        self.learners = {}
+        for pg in self.pgs.values():
+            release(pg)
+        self.learners, self.pgs = {}, {}
 
 
 def _with_text(ep: Episode, text: str) -> Episode:

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from typing import Optional
 
@@ -22,24 +23,31 @@ PROGRESS_KEYS = (
 )
 
 
+WORKER_PREFIX = "worker/"
+"""``worker/<actor>/...`` keys go to metrics.jsonl only; orchestrator.worker_metrics exports them."""
+
+
 def prometheus_name(key: str) -> str:
     return "grpo_" + "".join(c if c.isalnum() else "_" for c in key)
 
 
 class MetricsLogger:
     def __init__(self, out_dir: str, total_steps: int, log_every: int = 1, ray_metrics: bool = True,
-                 tags: Optional[dict] = None):
+                 tags: Optional[dict] = None, echo=print):
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.total_steps, self.log_every = total_steps, log_every
         self.ray_metrics, self.tags = ray_metrics, dict(tags or {})
         self._gauges: dict = {}
+        self.echo = echo
         self._t0 = time.time()
 
     def _export(self, record: dict) -> None:
         from ray.util.metrics import Gauge
 
         for key, value in record.items():
+            if key.startswith(WORKER_PREFIX):  # per-worker figures: the workers export them live, tagged
+                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 continue
             if key not in self._gauges:
@@ -58,7 +66,8 @@ class MetricsLogger:
                 self.ray_metrics = False
         if step % self.log_every == 0 or step == self.total_steps:
             parts = [fmt.format(record[k]) for k, fmt in PROGRESS_KEYS if k in record]
-            print(f"[step {step}/{self.total_steps}] " + " | ".join(parts), flush=True)
+            self.echo(f"[step {step}/{self.total_steps}] " + " | ".join(parts))
+            sys.stdout.flush()
         return record
 
 

@@ -19,8 +19,21 @@ def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def gather(calls: Sequence[tuple[str, "object"]], timeout_s: float, what: str, error_cls: type = RuntimeError) -> list:
-    """ray.get every (actor name, ObjectRef) under one deadline; raise ``error_cls`` naming the culprit."""
+class ActorDied:
+    """Marker returned by ``gather_tolerating_deaths`` in place of a dead actor's answer."""
+
+    def __init__(self, name: str, error: BaseException):
+        self.name, self.error = name, error
+
+    def __repr__(self) -> str:
+        return f"ActorDied({self.name})"
+
+
+def gather_tolerating_deaths(calls: Sequence[tuple[str, "object"]], timeout_s: float, what: str,
+                             error_cls: type = RuntimeError) -> list:
+    """ray.get every (actor name, ObjectRef) under one deadline. An actor that died answers
+    ``ActorDied`` (the caller redoes its work elsewhere); a late actor or a failed call raises
+    ``error_cls`` naming it."""
     import ray
 
     refs = [ref for _, ref in calls]
@@ -29,15 +42,24 @@ def gather(calls: Sequence[tuple[str, "object"]], timeout_s: float, what: str, e
     late = [name for name, ref in calls if ref not in ready_set]
     if late:
         raise error_cls(f"{what}: {', '.join(late)} did not answer within {timeout_s:.1f}s")
-    values = []
+    values: list = []
     for name, ref in calls:
         try:
             values.append(ray.get(ref, timeout=timeout_s))
         except ray.exceptions.GetTimeoutError as err:
             raise error_cls(f"{what}: {name} did not answer within {timeout_s:.1f}s") from err
+        except ray.exceptions.RayActorError as err:
+            values.append(ActorDied(name, err))
         except ray.exceptions.RayTaskError as err:
             cause = err.cause if getattr(err, "cause", None) is not None else err
             raise error_cls(f"{what}: {name} failed: {cause}") from err
-        except ray.exceptions.RayActorError as err:
-            raise error_cls(f"{what}: {name} died: {err}") from err
+    return values
+
+
+def gather(calls: Sequence[tuple[str, "object"]], timeout_s: float, what: str, error_cls: type = RuntimeError) -> list:
+    """Every answer, under one deadline; a late, failed or dead actor raises ``error_cls`` naming it."""
+    values = gather_tolerating_deaths(calls, timeout_s, what, error_cls)
+    for value in values:
+        if isinstance(value, ActorDied):
+            raise error_cls(f"{what}: {value.name} died: {value.error}") from value.error
     return values

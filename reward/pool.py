@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import ray
 
-from orchestrator.remote import gather, shard_bounds
+from orchestrator.placement import actor_options, place, release, scheduling
+from orchestrator.remote import ActorDied, gather, gather_tolerating_deaths, shard_bounds
 from orchestrator.types import Episode
 from reward.compose import RewardWeights, compose, reward_stats
 from reward.process import Steps
@@ -185,8 +186,11 @@ class RewardWorker:
         models: Optional[Mapping[str, str]] = None,
         model_opts: Optional[Mapping] = None,
     ) -> None:
+        from orchestrator.worker_metrics import WorkerGauges
+
         self._scorer = RuleRewardScorer(correct_reward, incorrect_reward, timeout_s, verifiers)
         self._scorer.start()
+        self.gauges = WorkerGauges("reward", ray.get_runtime_context().get_actor_name() or "reward-worker")
         self._timeout_s = float(timeout_s)
         self._model_opts = dict(model_opts or {})
         self._models: dict = {}
@@ -209,6 +213,7 @@ class RewardWorker:
         A model batch slower than ``timeout_s`` per sample is an error naming the model and the
         samples (a learned reward never falls back to a silent zero).
         """
+        self.gauges.started(len(items))
         results, stats = self._scorer.score(items)
         scores = {}
         for kind, reqs in (requests or {}).items():
@@ -224,6 +229,7 @@ class RewardWorker:
                     raise RewardError(f"{kind} model {model.path!r} took {time.monotonic() - t0:.1f}s for "
                                       f"{len(chunk)} samples (over {self._timeout_s}s each): {uids}")
             scores[kind] = out
+        self.gauges.finished(0, 0.0)
         return results, scores, stats
 
     def ping(self) -> int:
@@ -249,18 +255,44 @@ class RewardPool:
         weights: RewardWeights = RewardWeights(),
         models: Optional[Mapping[str, str]] = None,
         model_opts: Optional[Mapping] = None,
+        resources: Optional[Mapping[str, float]] = None,
+        max_restarts: int = 3,
+        placement_timeout_s: float = 120.0,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.weights, self.correct_reward, self.incorrect_reward = weights, correct_reward, incorrect_reward
         self.model_paths = dict(models or {})
+        self.model_version = {kind: 0 for kind in self.model_paths}
+        self._bundle = {k: float(v) for k, v in {"CPU": num_cpus_per_worker, **dict(resources or {})}.items() if v > 0}
+        self._args = (correct_reward, incorrect_reward, timeout_s, verifiers)
+        self._model_opts, self._placement_timeout_s = model_opts, placement_timeout_s
+        self.restarts_left, self.restarts = max_restarts, 0
         self.names = [f"{name_prefix}-{i}" for i in range(num_workers)]
-        self.workers = [
-            RewardWorker.options(name=name, num_cpus=num_cpus_per_worker).remote(
-                correct_reward, incorrect_reward, timeout_s, verifiers, self.model_paths, model_opts
-            )
-            for name in self.names
-        ]
+        self._pgs: list = [None] * num_workers
+        self.workers = [self._spawn(i) for i in range(num_workers)]
+
+    def _spawn(self, i: int):
+        """Start worker ``i`` in its own placement group, with the reward models currently in use."""
+        release(self._pgs[i])
+        self._pgs[i] = place(self.names[i], [self._bundle], self._placement_timeout_s)
+        return RewardWorker.options(name=self.names[i], **actor_options(self._bundle), **scheduling(self._pgs[i])).remote(
+            *self._args, self.model_paths, self._model_opts)
+
+    def _restart(self, i: int, why: str) -> None:
+        """Replace dead worker ``i`` (same models, same versions) and wait until it answers."""
+        if self.restarts_left <= 0:
+            raise RewardError(f"{self.names[i]} {why} and reward.max_restarts replacements are used up")
+        self.restarts_left -= 1
+        self.restarts += 1
+        old = self.names[i]
+        self.names[i] = f"{old.split('-restart')[0]}-restart{self.restarts}"
+        print(f"warning: {old} {why}; restarting it as {self.names[i]} and rescoring its shard", flush=True)
+        self.workers[i] = self._spawn(i)
+        self._gather([(self.names[i], self.workers[i].ping.remote())], _STARTUP_TIMEOUT_S)
+        for kind, path in self.model_paths.items():
+            self._gather([(self.names[i], self.workers[i].load_model.remote(kind, path, self.model_version[kind]))],
+                         _STARTUP_TIMEOUT_S)
 
     @classmethod
     def from_config(
@@ -284,6 +316,8 @@ class RewardPool:
             models=models,
             model_opts={"system_prompt": cfg.data.system_prompt, "max_prompt_tokens": cfg.data.max_prompt_tokens,
                         "batch_size": rc.model_batch_size, "trust_remote_code": cfg.model.trust_remote_code},
+            resources=rc.resources, max_restarts=rc.max_restarts,
+            placement_timeout_s=cfg.resources.placement_timeout_s,
         )
 
     def ready(self, timeout_s: float) -> None:
@@ -296,7 +330,7 @@ class RewardPool:
     def swap_model(self, kind: str, path: str, version: int, timeout_s: float) -> None:
         """Hot-swap the ``kind`` reward model in every worker; returns once all of them score with it."""
         self._gather([(n, w.load_model.remote(kind, path, version)) for n, w in zip(self.names, self.workers)], timeout_s)
-        self.model_paths[kind] = path
+        self.model_paths[kind], self.model_version[kind] = path, version
 
     def model_versions(self, timeout_s: float) -> list[dict]:
         return self._gather([(n, w.model_versions.remote()) for n, w in zip(self.names, self.workers)], timeout_s)
@@ -323,10 +357,9 @@ class RewardPool:
                 raise RewardError("the process reward model needs the episodes' steps (process supervision)")
             requests["prm"] = [(ep.problem, tuple(texts)) for ep, (_, texts) in zip(episodes, steps)]
         bounds = shard_bounds(len(items), len(self.workers))
-        shards = [(b, name, worker) for b, name, worker in zip(bounds, self.names, self.workers) if b[1] > b[0]]
-        calls = [(name, worker.score.remote(items[a:b], {k: r[a:b] for k, r in requests.items()}))
-                 for (a, b), name, worker in shards]
-        answers = self._gather(calls, timeout_s)
+        shards = [(b, i) for i, b in enumerate(bounds) if b[1] > b[0]]
+        answers = self._score_shards(items, requests, shards, timeout_s)
+        shards = [(b, self.names[i], self.workers[i]) for b, i in shards]
         rewarded: list[Episode] = []
         prm_scores: list = []
         timeouts = 0
@@ -341,8 +374,28 @@ class RewardPool:
                 rewarded.append(compose(episodes[k], r, c, orm, prm, weights, steps[k] if steps is not None else None,
                                         self.correct_reward, self.incorrect_reward))
             timeouts += stats["timeouts"]
-        return rewarded, {"reward/timeouts": timeouts, "time/reward_s": time.monotonic() - started,
+        return rewarded, {"reward/timeouts": timeouts, "reward/worker_restarts": self.restarts,
+                          "time/reward_s": time.monotonic() - started,
                           **reward_stats(rewarded, prm_scores if "prm" in requests else None)}
+
+    def _score_shards(self, items: list, requests: dict, shards: list, timeout_s: float) -> list:
+        """One answer per shard ((start, end), worker index); a worker that dies is restarted and its
+        shard scored again by the replacement."""
+        answers: dict[int, object] = {}
+        todo = list(shards)
+        while todo:
+            calls = [(self.names[i], self.workers[i].score.remote(items[a:b], {k: r[a:b] for k, r in requests.items()}))
+                     for (a, b), i in todo]
+            got = gather_tolerating_deaths(calls, timeout_s, "reward workers", RewardError)
+            retry = []
+            for ((a, b), i), answer in zip(todo, got):
+                if isinstance(answer, ActorDied):
+                    self._restart(i, f"died while scoring episodes {a}-{b - 1}")
+                    retry.append(((a, b), i))
+                else:
+                    answers[a] = answer
+            todo = retry
+        return [answers[a] for (a, _), _ in shards]
 
     def shutdown(self) -> None:
         """Stop the verifier processes cleanly (a bare kill makes multiprocessing print tracebacks), then kill the actors."""
@@ -355,4 +408,6 @@ class RewardPool:
                 ray.kill(worker)
             except Exception:  # already dead: nothing to release
                 pass
-        self.workers = []
+        for pg in self._pgs:
+            release(pg)
+        self.workers, self._pgs = [], []

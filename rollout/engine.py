@@ -55,8 +55,11 @@ class RolloutEngine:
     ):
         from vllm import LLM
 
+        from orchestrator.worker_metrics import WorkerGauges
+
         self.name = name
         self.policy_version = 0
+        self.gauges = WorkerGauges("rollout", name)
         kwargs = dict(
             model=model_path,
             dtype=dtype,
@@ -94,6 +97,7 @@ class RolloutEngine:
             logprobs=0,  # the sampled token's own logprob
         )
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for _, _, ids in requests]
+        self.gauges.started(len(prompts) * spec.n)
         t0 = time.time()
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         seconds = time.time() - t0
@@ -115,7 +119,8 @@ class RolloutEngine:
                     )
                 )
         tokens = sum(len(e.response_token_ids) for e in episodes)
-        return episodes, {"tokens": tokens, "seconds": seconds, "prompts": len(requests)}
+        self.gauges.finished(tokens, seconds)
+        return episodes, {"tokens": tokens, "seconds": seconds, "prompts": len(requests), "engine": self.name}
 
     def generate_text(self, prompts: Sequence[Sequence[int]], spec: SamplingSpec) -> list[list[str]]:
         """Plain texts for evaluation: ``spec.n`` completions per prompt (temperature 0 = greedy)."""
@@ -124,6 +129,15 @@ class RolloutEngine:
         params = SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         return [[s.text for s in sorted(o.outputs, key=lambda s: s.index)] for o in outs]
+
+    def generate_text_indexed(self, prompts: Sequence[tuple[int, Sequence[int]]], spec: SamplingSpec) -> list[tuple[int, list[str]]]:
+        """``generate_text`` over (index, prompt ids) pairs, answering (index, texts): lets the pool redo
+        a dead engine's share elsewhere and still put every answer in its place."""
+        self.gauges.started(len(prompts) * spec.n)
+        t0 = time.time()
+        texts = self.generate_text([ids for _, ids in prompts], spec)
+        self.gauges.finished(0, time.time() - t0)
+        return [(i, t) for (i, _), t in zip(prompts, texts)]
 
     def score_sequence(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> list[float]:
         """The engine's logprob of each response token given everything before it (teacher forcing)."""

@@ -1,17 +1,22 @@
-"""A group of vLLM engine actors: start them, shard a step's questions across them, sync weights.
+"""The rollout engines of a run: start them, shard a step's questions across them, sync weights, and
+keep the pool at its target size while engines die or the user rescales it.
 
-Every remote call has a deadline; a late or dead engine is named in the error.
+Elastic by design: each engine lives in its own placement group. An engine that dies during
+generation is dropped and its questions are redone on the engines that remain, in the same step; a
+replacement (or an engine added by ``grpo scale``) is started between steps and receives the current
+weights before it generates anything. Every remote call has a deadline; a late engine is named.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import ray
 
-from orchestrator.remote import gather, shard_bounds
+from orchestrator.placement import actor_options, engine_bundle, place, release, scheduling
+from orchestrator.remote import ActorDied, gather, gather_tolerating_deaths, shard_bounds
 from orchestrator.types import Episode, Problem
 from rollout.engine import RolloutEngine, SamplingSpec
 
@@ -19,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class RolloutError(RuntimeError):
-    """An engine failed or missed its deadline; the message names it."""
+    """An engine failed or missed its deadline, or none is left; the message names it."""
 
 
 def engine_dtype(model_dtype: str, on_gpu: bool) -> str:
@@ -29,40 +34,126 @@ def engine_dtype(model_dtype: str, on_gpu: bool) -> str:
     return "bfloat16" if on_gpu else "float32"
 
 
-def _wait(refs: list, names: list[str], timeout_s: float, what: str) -> list:
-    return gather(list(zip(names, refs)), timeout_s, what, RolloutError)
-
-
 class RolloutGroup:
-    """``num_workers`` RolloutEngine actors built from the config."""
+    """The live RolloutEngine actors of a run, by name (``rollout-engine-<k>``; k never reused)."""
 
-    def __init__(self, cfg, max_model_len: int, weight_transfer_backend: str | None = None):
+    def __init__(self, cfg, max_model_len: int, weight_transfer_backend: str | None = None, start: bool = True):
         rc = cfg.rollout
         self.cfg = cfg
         self.on_gpu = rc.num_gpus_per_worker > 0
         self.dtype = engine_dtype(cfg.model.dtype, self.on_gpu)
         self.timeout_s = cfg.resources.timeout_s
-        self.names = [f"rollout-engine-{i}" for i in range(rc.num_workers)]
-        actor_cls = ray.remote(RolloutEngine)
+        self.max_model_len, self.backend = max_model_len, weight_transfer_backend
+        self.target = rc.num_workers
+        self.restarts_left = rc.max_restarts
+        self.engines: dict[str, "ray.actor.ActorHandle"] = {}
+        self._pgs: dict = {}
+        self._next_index = 0
+        self.lost: list[str] = []  # engines that died since the driver last looked (metrics)
+        if start:
+            self._start(self.target)
+
+    # ------------------------------------------------------------------------------ membership
+    @property
+    def names(self) -> list[str]:
+        return list(self.engines)
+
+    def _start(self, count: int) -> dict:
+        """Place and start ``count`` new engines; returns {name: handle} (not yet known to be ready)."""
+        cfg, rc = self.cfg, self.cfg.rollout
+        bundle = engine_bundle(cfg)
         env = {"VLLM_CONFIGURE_LOGGING": os.environ.get("VLLM_CONFIGURE_LOGGING", "1")}
-        self.engines = [
-            actor_cls.options(
-                name=None, num_cpus=rc.num_cpus_per_worker, num_gpus=rc.num_gpus_per_worker,
-                runtime_env={"env_vars": env},
+        model = os.path.abspath(cfg.model.path) if os.path.isdir(cfg.model.path) else cfg.model.path
+        started = {}
+        for _ in range(count):
+            name = f"rollout-engine-{self._next_index}"
+            pg = place(name, [bundle], cfg.resources.placement_timeout_s)
+            handle = ray.remote(RolloutEngine).options(
+                **actor_options(bundle), **scheduling(pg), runtime_env={"env_vars": env},
             ).remote(
-                os.path.abspath(cfg.model.path) if os.path.isdir(cfg.model.path) else cfg.model.path,
-                dtype=self.dtype, max_model_len=max_model_len,
+                model, dtype=self.dtype, max_model_len=self.max_model_len,
                 gpu_memory_utilization=rc.gpu_memory_utilization,
                 tensor_parallel_size=rc.tensor_parallel_size if self.on_gpu else 1,
                 enforce_eager=rc.enforce_eager, enable_prefix_caching=rc.enable_prefix_caching,
-                seed=cfg.seed + i, trust_remote_code=cfg.model.trust_remote_code,
-                weight_transfer_backend=weight_transfer_backend, name=name,
+                seed=cfg.seed + self._next_index, trust_remote_code=cfg.model.trust_remote_code,
+                weight_transfer_backend=self.backend, name=name,
             )
-            for i, name in enumerate(self.names)
-        ]
+            self._next_index += 1
+            self._pgs[name] = pg
+            self.engines[name] = handle
+            started[name] = handle
+        return started
 
-    def ready(self) -> None:
-        _wait([e.ping.remote() for e in self.engines], self.names, self.timeout_s, "starting the vLLM engines")
+    def _drop(self, name: str, reason: str) -> None:
+        handle = self.engines.pop(name, None)
+        log.warning("%s dropped from the rollout pool: %s", name, reason)
+        print(f"warning: {name} {reason}; continuing on {len(self.engines)} engine(s)", flush=True)
+        if handle is not None:
+            try:
+                ray.kill(handle)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+        release(self._pgs.pop(name, None))
+
+    def ready(self, names: Optional[Sequence[str]] = None) -> None:
+        names = list(names) if names is not None else self.names
+        gather([(n, self.engines[n].ping.remote()) for n in names], self.timeout_s, "starting the vLLM engines", RolloutError)
+
+    def scale_to(self, target: int) -> None:
+        """Change the target size; extra engines are stopped now, missing ones start at ``heal``."""
+        if target < 1:
+            raise RolloutError(f"rollout pool size must be >= 1, got {target}")
+        self.target = target
+        for name in self.names[target:]:
+            self._drop(name, f"stopped (pool scaled to {target})")
+
+    def heal(self, load_weights: Callable[[dict], None]) -> list[str]:
+        """Start engines until the pool is back at its target (a death uses one of ``rollout.max_restarts``;
+        a scale-up does not), give them the current weights with ``load_weights({name: handle})``, and
+        only then add them to the pool. Returns the new engines' names."""
+        missing = self.target - len(self.engines)
+        if missing <= 0:
+            return []
+        replacing = min(len(self.lost), missing)
+        if replacing > self.restarts_left:
+            raise RolloutError(f"engines {', '.join(self.lost)} died and rollout.max_restarts="
+                               f"{self.cfg.rollout.max_restarts} replacements are used up")
+        self.restarts_left -= replacing
+        self.lost = []
+        t0 = time.time()
+        new = self._start(missing)
+        self.ready(list(new))
+        load_weights(new)
+        print(f"rollout pool: started {', '.join(new)} with the current weights in {time.time() - t0:.1f}s "
+              f"({len(self.engines)} engines)", flush=True)
+        return list(new)
+
+    # ------------------------------------------------------------------------------ generation
+    def _spread(self, method: str, work: list, args: tuple, what: str) -> list:
+        """Call ``method(shard, *args)`` on the live engines, shards contiguous and in order; the shards of
+        engines that die are redone on the survivors. Returns one answer per (non-empty) shard, in order,
+        each paired with its shard: [(shard, answer)]."""
+        done: list[tuple[list, object]] = []
+        pending = [work]
+        while pending:
+            todo = [item for part in pending for item in part]
+            pending = []
+            names = self.names
+            if not names:
+                raise RolloutError(f"{what}: no rollout engine is left ({', '.join(self.lost)} died)")
+            parts = [todo[a:b] for a, b in shard_bounds(len(todo), len(names))]
+            used = [(n, part) for n, part in zip(names, parts) if part]
+            answers = gather_tolerating_deaths([(n, getattr(self.engines[n], method).remote(part, *args)) for n, part in used],
+                                               self.timeout_s, what, RolloutError)
+            for (name, part), answer in zip(used, answers):
+                if isinstance(answer, ActorDied):
+                    self.lost.append(name)
+                    self._drop(name, f"died during {what} ({answer.error.__class__.__name__}); its {len(part)} "
+                                     "prompts are redone on the other engines")
+                    pending.append(part)
+                else:
+                    done.append((part, answer))
+        return done
 
     def generate(self, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]], n: int | None = None,
                  max_new_tokens: int | None = None) -> tuple[list[Episode], dict]:
@@ -71,37 +162,58 @@ class RolloutGroup:
         spec = SamplingSpec(n=n or rc.group_size, max_new_tokens=max_new_tokens or rc.max_new_tokens,
                             temperature=rc.temperature, top_p=rc.top_p)
         requests = [(i, p, tuple(ids)) for i, (p, ids) in enumerate(zip(problems, prompt_ids))]
-        parts = [requests[a:b] for a, b in shard_bounds(len(requests), len(self.engines))]
-        used = [(e, n, part) for e, n, part in zip(self.engines, self.names, parts) if part]
         t0 = time.time()
-        results = _wait([e.generate.remote(part, spec) for e, _, part in used], [n for _, n, _ in used], self.timeout_s, "generation")
+        lost_before = len(self.lost)
+        results = self._spread("generate", requests, (spec,), "generation")
         episodes: list[Episode] = []
-        stats = {"time/generate_s": time.time() - t0}
-        for (_, name, _), (eps, st) in zip(used, results):
+        stats = {"time/generate_s": time.time() - t0, "rollout/num_engines": len(self.engines),
+                 "rollout/engines_lost": len(self.lost) - lost_before}
+        for part, (eps, st) in results:
             episodes.extend(eps)
-            stats[f"rollout/{name}/tokens_per_s"] = st["tokens"] / max(st["seconds"], 1e-9)
+            name = st.get("engine", "?")
+            stats[f"worker/{name}/tokens_per_s"] = st["tokens"] / max(st["seconds"], 1e-9)
+            stats[f"worker/{name}/sequences"] = len(part) * spec.n
+        episodes.sort(key=lambda e: e.group_id)  # stable: samples keep their order within a group
         return episodes, stats
 
     def generate_text(self, prompt_ids: Sequence[Sequence[int]], spec: SamplingSpec) -> list[list[str]]:
         """Texts only (evaluation): ``spec.n`` completions per prompt, prompts sharded across engines."""
-        parts = [list(prompt_ids[a:b]) for a, b in shard_bounds(len(prompt_ids), len(self.engines))]
-        used = [(e, name, part) for e, name, part in zip(self.engines, self.names, parts) if part]
-        results = _wait([e.generate_text.remote(part, spec) for e, _, part in used], [name for _, name, _ in used],
-                        self.timeout_s, "evaluation")
-        return [texts for shard in results for texts in shard]
+        indexed = list(enumerate(prompt_ids))
+        results = self._spread("generate_text_indexed", indexed, (spec,), "evaluation")
+        by_index = {i: texts for _, answer in results for i, texts in answer}
+        return [by_index[i] for i in range(len(prompt_ids))]
 
-    def sync_weights_blob(self, blob_ref, version: int) -> float:
-        """File path: every engine reloads the blob behind ``blob_ref`` (a Ray object reference)."""
+    # ------------------------------------------------------------------------------ weights
+    def sync_weights_blob(self, blob_ref, version: int, names: Optional[Sequence[str]] = None) -> float:
+        """File path: every engine (or ``names``) reloads the blob behind ``blob_ref`` (a Ray object
+        reference). An engine that dies here is dropped; the pool heals before the next generation."""
         t0 = time.time()
-        _wait([e.load_weights_blob.remote(blob_ref, version) for e in self.engines], self.names, self.timeout_s, "weight sync")
+        names = list(names) if names is not None else self.names
+        answers = gather_tolerating_deaths([(n, self.engines[n].load_weights_blob.remote(blob_ref, version)) for n in names],
+                                           self.timeout_s, f"weight sync v{version}", RolloutError)
+        for name, answer in zip(names, answers):
+            if isinstance(answer, ActorDied):
+                self.lost.append(name)
+                self._drop(name, f"died during weight sync v{version}")
+        if not self.engines:
+            raise RolloutError(f"weight sync v{version}: no rollout engine is left")
         return time.time() - t0
 
-    def policy_versions(self) -> list[int]:
-        return _wait([e.get_policy_version.remote() for e in self.engines], self.names, self.timeout_s, "version check")
+    def policy_versions(self, names: Optional[Sequence[str]] = None) -> dict[str, int]:
+        names = list(names) if names is not None else self.names
+        values = gather([(n, self.engines[n].get_policy_version.remote()) for n in names], self.timeout_s,
+                        "version check", RolloutError)
+        return dict(zip(names, values))
 
     def fingerprints(self) -> list[float]:
-        return _wait([e.weights_fingerprint.remote() for e in self.engines], self.names, self.timeout_s, "fingerprint")
+        return gather([(n, e.weights_fingerprint.remote()) for n, e in self.engines.items()], self.timeout_s,
+                      "fingerprint", RolloutError)
 
     def shutdown(self) -> None:
-        for e in self.engines:
-            ray.kill(e)
+        for name in self.names:
+            handle = self.engines.pop(name)
+            try:
+                ray.kill(handle)
+            except Exception:  # noqa: BLE001
+                pass
+            release(self._pgs.pop(name, None))

@@ -22,7 +22,7 @@ def _grpo(*args, timeout=1500):
 def test_train_two_steps_moves_weights_and_reaches_engines(tiny_model, tmp_path):
     out = tmp_path / "run"
     proc = _grpo("train", "-c", "configs/tiny_cpu.yaml", f"model.path={tiny_model}", f"output.dir={out}",
-                 "total_steps=2", "data.questions_per_step=2", "rollout.max_new_tokens=12", "learner.lr=1e-4",
+                 "total_steps=2", "data.questions_per_step=2", "rollout.max_new_tokens=12", "learner.lr=1e-4", "output.checkpoint_every=0",
                  "eval.every_steps=2", "eval.num_questions=8", "eval.samples=2")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "[step 2/2]" in proc.stdout
@@ -93,7 +93,7 @@ def test_bad_override_is_one_clear_line(tmp_path):
 def test_process_supervision_with_two_updates_per_step(tiny_model, tmp_path):
     out = tmp_path / "run"
     proc = _grpo("train", "-c", "configs/tiny_cpu.yaml", f"model.path={tiny_model}", f"output.dir={out}",
-                 "total_steps=1", "data.questions_per_step=2", "rollout.max_new_tokens=12", "learner.lr=1e-4",
+                 "total_steps=1", "data.questions_per_step=2", "rollout.max_new_tokens=12", "learner.lr=1e-4", "output.checkpoint_every=0",
                  "algorithm.supervision=process", "algorithm.step_separator=' '", "algorithm.mu=2",
                  "output.save_final=false")
     assert proc.returncode == 0, proc.stderr[-4000:]

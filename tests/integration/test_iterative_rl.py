@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def _train(config, out, *overrides):
     env = {**os.environ, "VLLM_CONFIGURE_LOGGING": "0", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "-c", config, f"output.dir={out}", *overrides],
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "-c", config, f"output.dir={out}", "output.checkpoint_every=0", *overrides],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -61,7 +61,7 @@ def test_tiny_job_submitted_to_a_ray_head_succeeds(ray_head, tiny_model, tmp_pat
     client = JobSubmissionClient(ray_head, headers=_auth_headers())
     job_id = client.submit_job(
         entrypoint=(f"{sys.executable} -m orchestrator.cli train -c configs/tiny_cpu.yaml --address auto "
-                    f"model.path={tiny_model} output.dir={out} total_steps=1 data.questions_per_step=2 "
+                    f"model.path={tiny_model} output.dir={out} total_steps=1 output.checkpoint_every=0 data.questions_per_step=2 "
                     "rollout.max_new_tokens=8 learner.num_cpus=1"),
         runtime_env=runtime_env,
     )
