@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 GRPO    = $(VENV)/bin/grpo
 export VLLM_CONFIGURE_LOGGING ?= 0
 
-.PHONY: setup model train test test-fast bench clean
+.PHONY: setup model train test test-fast bench bench-perf clean
 
 setup: $(VENV)/.installed-$(EXTRA)
 
@@ -34,6 +34,11 @@ test-fast: setup
 
 bench: model
 	$(PY) bench/learn_arithmetic.py --minutes 30
+
+# rollout vs HF generate, end to end vs TRL GRPOTrainer, weight sync vs memcpy, step breakdown -> docs/benchmarks.md
+bench-perf: model
+	$(PY) -m pip install --quiet -e '.[bench]'  # trl, matplotlib (not the vllm extra again: see setup)
+	$(PY) bench/run_perf.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from learner.batching import collate
-from learner.weight_sync import NcclWeightSender, free_port, pack_state_dict
+from learner.weight_sync import NcclWeightSender, free_port, pack_state_dict, shm_dir, write_safetensors
 from orchestrator.types import Batch
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class LearnerWorker:
         self.trainer = PolicyTrainer(cfg, batch_size=batch_size, world_size=world_size, rank=rank)
         self.rollout_dtype = None
         self.nccl: Optional[NcclWeightSender] = None
+        self.weights_file: Optional[str] = None
 
     def ping(self) -> int:
         return self.trainer.version
@@ -106,6 +107,33 @@ class LearnerWorker:
     def export_weights_blob(self, dtype: str) -> bytes:
         """File path: the policy as safetensors bytes in the engines' dtype ('float32' or 'bfloat16')."""
         return pack_state_dict(self.trainer.export_state_dict(getattr(torch, dtype)))
+
+    def export_weights_file(self, dtype: str, version: int) -> tuple[str, str]:
+        """Same-node path: the policy written once, straight from the parameters, into a safetensors file
+        in shared memory; returns (path, this node's id). The previous version's file is removed."""
+        import ray
+
+        module = self.trainer.engine.module
+        if self.trainer.cfg.learner.zero_stage == 3:  # partitioned: gather full tensors first
+            named = list(self.trainer.export_state_dict(getattr(torch, dtype)).items())
+        else:
+            named = list(module.named_parameters(remove_duplicate=False))
+            named += [(n, b) for n, b in module.named_buffers() if not n.endswith("inv_freq")]
+        path = os.path.join(shm_dir(), f"grpo-weights-{os.getpid()}-v{version}.safetensors")
+        write_safetensors(named, path, getattr(torch, dtype))
+        self.remove_weights_file()
+        self.weights_file = path
+        return path, ray.get_runtime_context().get_node_id()
+
+    def remove_weights_file(self) -> None:
+        if self.weights_file and os.path.exists(self.weights_file):
+            os.remove(self.weights_file)
+        self.weights_file = None
+
+    def weights_nbytes(self, dtype: str) -> int:
+        """Bytes a sync moves: every weight the engines receive, in their dtype."""
+        size = getattr(torch, dtype).itemsize
+        return sum(p.numel() * size for _, p in self.trainer.engine.module.named_parameters(remove_duplicate=False))
 
     def init_nccl_sync(self, engines: dict, tp: int, dtype: str) -> None:
         """GPU path: one NCCL group per engine (``engines``: name -> handle); callable again for engines

@@ -1,8 +1,13 @@
 """Sending the learner's weights to the rollout engines after every step.
 
-Two paths, chosen by ``resources.weight_sync``:
+Three paths, chosen by ``resources.weight_sync``:
 
-* ``file`` (CPU, and any cluster without NCCL between learner and engines): the learner packs its
+* ``shm`` (the default without GPUs): the learner writes its weights once, straight from the
+  parameters, into a safetensors file in shared memory (``write_safetensors``); engines on the same
+  node reload that file in every vLLM worker. Two copies in all (parameters -> file -> engine), which
+  is what the weight-sync benchmark compares with a plain memory copy. Engines on other nodes fall
+  back to the object-store path below.
+* ``file`` (any cluster without NCCL between learner and engines): the learner packs its
   weights, in the engines' dtype, into one safetensors blob; the driver hands the blob's Ray object
   reference to every engine, so the bytes go through Ray's object store (shared memory on one node,
   the object transfer protocol across nodes). Each engine writes it to /dev/shm and reloads it in
@@ -27,10 +32,49 @@ def pack_state_dict(state: dict[str, torch.Tensor]) -> bytes:
     return save({k: v.contiguous() for k, v in state.items()})
 
 
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def write_safetensors(named: Iterator[tuple[str, torch.Tensor]] | Sequence[tuple[str, torch.Tensor]], path: str,
+                      dtype: torch.dtype) -> int:
+    """Write (name, tensor) pairs as a safetensors file in ``dtype`` with one copy per tensor (straight
+    from the tensor's memory into the file, converting dtype on the way only when needed); tied
+    weights are written under each of their names. Written to ``path``.tmp, then renamed. Returns bytes."""
+    import json
+    import os
+
+    tensors = [(name, t.detach()) for name, t in named]
+    header, offset = {}, 0
+    for name, t in tensors:
+        size = t.numel() * dtype.itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for _, t in tensors:
+            t = t.to(device="cpu", dtype=dtype).contiguous()  # no-op for a CPU tensor already in dtype
+            raw = t.view(torch.int16) if dtype in (torch.bfloat16, torch.float16) else t
+            f.write(memoryview(raw.numpy()).cast("B"))
+    os.replace(tmp, path)
+    return offset
+
+
 def unpack_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     return load(blob)
+
+
+def shm_dir() -> str:
+    """Shared memory when the OS has it (a file there is a memory copy away from every process on the node)."""
+    import os
+    import tempfile
+
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
 def free_port() -> int:

@@ -127,6 +127,7 @@ class Trainer:
         self.out_dir = cfg.output.dir
         self.start_step = 1
         self.policy_version = 0
+        self.prefetched = None  # (episodes, generation stats) of the next step, under off_policy_lag=1
         os.makedirs(self.out_dir, exist_ok=True)
         with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
             yaml.safe_dump({**dataclasses.asdict(cfg), "output": {**dataclasses.asdict(cfg.output), "resume": None}}, f,
@@ -155,7 +156,7 @@ class Trainer:
         max_len = max(len(ids) for ids in prompt_ids) + cfg.rollout.max_new_tokens
         self.sync_mode = cfg.resources.weight_sync
         if self.sync_mode == "auto":
-            self.sync_mode = "nccl" if cfg.rollout.num_gpus_per_worker > 0 and cfg.learner.num_gpus > 0 else "file"
+            self.sync_mode = "nccl" if cfg.rollout.num_gpus_per_worker > 0 and cfg.learner.num_gpus > 0 else "shm"
         print("starting actors: vLLM engines, reward workers, DeepSpeed learner ...", flush=True)
         self.rollout = RolloutGroup(cfg, max_model_len=max_len, weight_transfer_backend="nccl" if self.sync_mode == "nccl" else None)
         self.rewards = RewardPool.from_config(cfg)
@@ -202,6 +203,17 @@ class Trainer:
                 self._nccl_engines -= gone
             targets = sorted(self._nccl_engines) if names is None else list(names)
             self._get(self.learner.nccl_send.remote(version, targets), f"weight sync v{version}")
+        elif self.sync_mode == "shm":
+            targets = list(names) if names is not None else self.rollout.names
+            path, node = self._get(self.learner.export_weights_file.remote(self.rollout.dtype, version),
+                                   f"weight sync v{version}: writing the weights")
+            nodes = self.rollout.node_ids(targets)
+            local = [n for n in targets if nodes[n] == node]
+            if local:
+                self.rollout.sync_weights_path(path, version, local)
+            if len(local) < len(targets):  # engines on other nodes: through the object store
+                blob = self.learner.export_weights_blob.remote(self.rollout.dtype)
+                self.rollout.sync_weights_blob(blob, version, [n for n in targets if n not in local])
         else:
             blob = self.learner.export_weights_blob.remote(self.rollout.dtype)
             self.rollout.sync_weights_blob(blob, version, names)
@@ -231,13 +243,23 @@ class Trainer:
         cfg = self.cfg
         t0 = time.time()
         self._reconcile_pool()
-        self._sampler_before = self.sampler.state_dict()
-        problems = self.sampler.next_batch()
-        episodes, gen = self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems])
+        if self.prefetched is not None:  # generated during the previous step's update (off_policy_lag=1)
+            episodes, gen = self.prefetched
+            self.prefetched, self._sampler_before = None, self._committed
+        else:
+            self._sampler_before = self.sampler.state_dict()
+            episodes, gen = self._generate(self.sampler.next_batch())
         steps = segment(episodes, self.tokenizer, cfg.algorithm.step_separator) if cfg.algorithm.supervision == "process" else None
         episodes, rew = self.rewards.score(episodes, cfg.resources.timeout_s, steps)
         batch = Batch(episodes=episodes, group_size=cfg.rollout.group_size)
-        learn = self._get(self.learner.train_step.remote(batch, step), f"step {step}: learner update")
+        update = self.learner.train_step.remote(batch, step)
+        if cfg.algorithm.off_policy_lag and step < cfg.total_steps:
+            # the engines still hold the weights this step sampled with: generate the next step meanwhile
+            self._committed = self.sampler.state_dict()
+            t_next = time.time()
+            self.prefetched = self._generate(self.sampler.next_batch())
+            gen["time/prefetch_generate_s"] = time.time() - t_next
+        learn = self._get(update, f"step {step}: learner update")
         self.policy_version = step
         sync_s = self.sync_weights(step)
         versions = self.rollout.policy_versions()
@@ -256,6 +278,7 @@ class Trainer:
             "time/sync_s": sync_s,
             "time/step_s": time.time() - t0,
             "policy_version": step,
+            "rollout/policy_lag": step - 1 - min(e.policy_version for e in episodes),
             "rollout/engine_version_min": min(versions.values()),
             "data/epoch": self.sampler.epoch,
             "data/position": self.sampler.position,
@@ -290,6 +313,9 @@ class Trainer:
                 f.write(json.dumps({"step": step, "uid": e.problem.uid, "gold": e.problem.gold,
                                     "response": e.response_text, "reward": e.reward}) + "\n")
 
+    def _generate(self, problems: list) -> tuple[list[Episode], dict]:
+        return self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems])
+
     # -------------------------------------------------------------------- checkpoints
     def checkpoint(self, step: int) -> str:
         """A resumable checkpoint of the state after ``step`` (see orchestrator.checkpoint)."""
@@ -300,7 +326,9 @@ class Trainer:
         def fill(folder: str) -> dict:
             version = self._get(self.learner.save_checkpoint.remote(folder), f"checkpoint of step {step}: learner state")
             self.reward_models.save(folder)
-            return {"policy_version": version, "sampler": self.sampler.state_dict(),
+            # a batch prefetched for the next step is generated again after a resume
+            sampler = self._committed if self.prefetched is not None else self.sampler.state_dict()
+            return {"policy_version": version, "sampler": sampler,
                     "reward_models": self.reward_models.state_dict(), "total_steps": self.cfg.total_steps}
 
         path = write_checkpoint(self.out_dir, step, fill, self.cfg.output.keep_last)
@@ -374,6 +402,7 @@ class Trainer:
                 saved = ""
             elif version == step - 1 and self.cfg.output.checkpoint_every:
                 self.sampler.load_state_dict(self._sampler_before)  # the failed step's questions come again
+                self.prefetched = None
                 saved = f" (state after step {version} checkpointed to {self.checkpoint(version)})"
             else:
                 path = os.path.abspath(os.path.join(self.out_dir, f"policy_after_step_{version}"))
@@ -387,6 +416,13 @@ class Trainer:
     def shutdown(self) -> None:
         from orchestrator.placement import release
 
+        if hasattr(self, "learner"):
+            try:
+                import ray
+
+                ray.get(self.learner.remove_weights_file.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - a dead learner has no file to remove (/dev/shm is cleared on reboot)
+                pass
         for name in ("reward_models", "rollout", "rewards"):
             if hasattr(self, name):
                 getattr(self, name).shutdown()

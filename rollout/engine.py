@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from learner.weight_sync import shm_dir
 from orchestrator.types import Episode, Problem
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,6 @@ class SamplingSpec:
     max_new_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
-
-
-def _shm_dir() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
 class RolloutEngine:
@@ -154,7 +151,7 @@ class RolloutEngine:
         """CPU path: ``blob`` is a safetensors file's bytes (it arrives through Ray's object store, so it
         works across nodes); it is written to shared memory and reloaded by every worker of this engine."""
         t0 = time.time()
-        fd, path = tempfile.mkstemp(prefix=f"grpo-weights-v{version}-", suffix=".safetensors", dir=_shm_dir())
+        fd, path = tempfile.mkstemp(prefix=f"grpo-weights-v{version}-", suffix=".safetensors", dir=shm_dir())
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
@@ -163,6 +160,19 @@ class RolloutEngine:
             os.unlink(path)
         self._after_update(version)
         return time.time() - t0
+
+    def load_weights_path(self, path: str, version: int) -> float:
+        """Same-node path: the learner wrote the weights into shared memory on this node; every worker of
+        this engine reloads them from there (no copy through the object store)."""
+        t0 = time.time()
+        self.llm.collective_rpc("load_weights_from_file", args=(path,))
+        self._after_update(version)
+        return time.time() - t0
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def _after_update(self, version: int) -> None:
         # KV blocks computed with the old weights must never be reused.

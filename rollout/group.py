@@ -28,10 +28,19 @@ class RolloutError(RuntimeError):
 
 
 def engine_dtype(model_dtype: str, on_gpu: bool) -> str:
-    """Engines run bf16 on GPU; on CPU fp32 (bf16 decoding is 4x slower without AVX512-BF16)."""
+    """Engines run bf16 on GPU; on CPU fp32, which matches the fp32 learner's logprobs (bf16 is faster on
+    CPUs with AMX/AVX512-BF16 and 4x slower without: see rollout.dtype and docs/benchmarks.md)."""
     if model_dtype != "auto":
         return model_dtype
     return "bfloat16" if on_gpu else "float32"
+
+
+def engine_env(cfg) -> dict[str, str]:
+    """Environment of an engine process (also used by bench/rollout_vs_hf.py, to measure what runs)."""
+    env = {"VLLM_CONFIGURE_LOGGING": os.environ.get("VLLM_CONFIGURE_LOGGING", "1")}
+    if cfg.rollout.num_gpus_per_worker == 0:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(cfg.rollout.cpu_reserved_cores)
+    return env
 
 
 class RolloutGroup:
@@ -41,13 +50,14 @@ class RolloutGroup:
         rc = cfg.rollout
         self.cfg = cfg
         self.on_gpu = rc.num_gpus_per_worker > 0
-        self.dtype = engine_dtype(cfg.model.dtype, self.on_gpu)
+        self.dtype = rc.dtype if rc.dtype != "auto" else engine_dtype(cfg.model.dtype, self.on_gpu)
         self.timeout_s = cfg.resources.timeout_s
         self.max_model_len, self.backend = max_model_len, weight_transfer_backend
         self.target = rc.num_workers
         self.restarts_left = rc.max_restarts
         self.engines: dict[str, "ray.actor.ActorHandle"] = {}
         self._pgs: dict = {}
+        self._nodes: dict[str, str] = {}
         self._next_index = 0
         self.lost: list[str] = []  # engines that died since the driver last looked (metrics)
         if start:
@@ -62,7 +72,7 @@ class RolloutGroup:
         """Place and start ``count`` new engines; returns {name: handle} (not yet known to be ready)."""
         cfg, rc = self.cfg, self.cfg.rollout
         bundle = engine_bundle(cfg)
-        env = {"VLLM_CONFIGURE_LOGGING": os.environ.get("VLLM_CONFIGURE_LOGGING", "1")}
+        env = engine_env(cfg)
         model = os.path.abspath(cfg.model.path) if os.path.isdir(cfg.model.path) else cfg.model.path
         started = {}
         for _ in range(count):
@@ -185,11 +195,27 @@ class RolloutGroup:
 
     # ------------------------------------------------------------------------------ weights
     def sync_weights_blob(self, blob_ref, version: int, names: Optional[Sequence[str]] = None) -> float:
-        """File path: every engine (or ``names``) reloads the blob behind ``blob_ref`` (a Ray object
-        reference). An engine that dies here is dropped; the pool heals before the next generation."""
+        """Object-store path: every engine (or ``names``) reloads the safetensors blob behind ``blob_ref``
+        (a Ray object reference: works across nodes)."""
+        return self._sync("load_weights_blob", blob_ref, version, names)
+
+    def sync_weights_path(self, path: str, version: int, names: Optional[Sequence[str]] = None) -> float:
+        """Same-node path: engines on the learner's node reload the file the learner wrote to shared memory."""
+        return self._sync("load_weights_path", path, version, names)
+
+    def node_ids(self, names: Sequence[str]) -> dict[str, str]:
+        """The Ray node of each engine (asked once per engine)."""
+        unknown = [n for n in names if n not in self._nodes]
+        if unknown:
+            ids = gather([(n, self.engines[n].node_id.remote()) for n in unknown], self.timeout_s, "locating engines", RolloutError)
+            self._nodes.update(zip(unknown, ids))
+        return {n: self._nodes[n] for n in names}
+
+    def _sync(self, method: str, source, version: int, names: Optional[Sequence[str]]) -> float:
+        """An engine that dies during a sync is dropped; the pool heals before the next generation."""
         t0 = time.time()
         names = list(names) if names is not None else self.names
-        answers = gather_tolerating_deaths([(n, self.engines[n].load_weights_blob.remote(blob_ref, version)) for n in names],
+        answers = gather_tolerating_deaths([(n, getattr(self.engines[n], method).remote(source, version)) for n in names],
                                            self.timeout_s, f"weight sync v{version}", RolloutError)
         for name, answer in zip(names, answers):
             if isinstance(answer, ActorDied):

@@ -17,11 +17,13 @@ class WeightSyncExtension:
         ``reload_weights`` re-applies vLLM's own loading and post-processing (layer repacking on CPU),
         which plain ``model.load_weights`` does not survive. Returns the number of tensors read.
         """
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        weights = load_file(path)
-        self.model_runner.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)
-        return len(weights)
+        with safe_open(path, framework="pt") as f:  # tensor by tensor from the mapped file: no second full copy
+            names = list(f.keys())
+            self.model_runner.reload_weights(weights_iterator=((n, f.get_tensor(n)) for n in names),
+                                             is_checkpoint_format=True)
+        return len(names)
 
     def weights_fingerprint(self) -> float:
         """Sum of |w| over all parameters in fp64: changes when any weight changes (for tests and checks)."""

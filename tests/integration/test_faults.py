@@ -61,3 +61,42 @@ def test_killed_engine_and_reward_worker_are_replaced_and_the_run_continues(tiny
     assert records[-1]["reward/worker_restarts"] == 1
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 * 2
+
+
+def test_a_failed_run_checkpoints_what_it_trained_and_says_how_to_resume(tiny_model, tmp_path):
+    """The only engine dies after step 1 with no restarts allowed: step 2 fails before its update, so
+    the state after step 1 becomes a checkpoint (with step 2's questions not consumed) and the error
+    ends with the resume command."""
+    import ray
+
+    from orchestrator.checkpoint import list_checkpoints, read_state
+    from orchestrator.driver import Trainer, TrainingError
+
+    ray.shutdown()
+    cfg = load_config("configs/tiny_cpu.yaml", [
+        f"model.path={tiny_model}", f"output.dir={tmp_path}", "total_steps=3", "data.questions_per_step=2",
+        "rollout.max_new_tokens=8", "rollout.max_restarts=0", "output.checkpoint_every=2",
+        "output.save_final=false", "logging.ray_metrics=false"])
+    trainer = Trainer(cfg)
+
+    def kill_after_step_1():
+        metrics = tmp_path / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text().strip()):
+            time.sleep(0.05)
+        ray.kill(trainer.rollout.engines["rollout-engine-0"], no_restart=True)
+
+    threading.Thread(target=kill_after_step_1, daemon=True).start()
+    try:
+        with pytest.raises(TrainingError) as err:
+            trainer.train()
+    finally:
+        trainer.shutdown()
+        ray.shutdown()
+    msg = str(err.value)
+    assert msg.startswith("step 2 failed:") and "rollout-engine-0" in msg, msg
+    assert f"state after step 1 checkpointed to {tmp_path}/checkpoints/step_1" in msg
+    assert msg.splitlines()[-1] == f"to resume: grpo train -c {tmp_path}/config.yaml --resume   (continues after step 1)"
+    (step, path), = list_checkpoints(str(tmp_path))
+    state = read_state(path)
+    assert step == 1 and state["policy_version"] == 1
+    assert state["sampler"]["position"] == 2  # step 2's questions are asked again after the resume

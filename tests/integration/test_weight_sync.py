@@ -82,3 +82,19 @@ def test_sync_makes_engine_match_learner(actors):
     # new samples are stamped with the new version
     again, _ = ray.get(engine.generate.remote([(0, problem, prompt)], SamplingSpec(n=2, max_new_tokens=4)), timeout=300)
     assert {e.policy_version for e in again} == {1}
+
+    # second step through the same-node path: the learner writes the weights once into shared memory
+    # and the engine reloads that file; again the engine must match the learner exactly
+    ray.get(learner.train_step.remote(Batch(rewarded, 8), 2), timeout=600)
+    path, node = ray.get(learner.export_weights_file.remote("float32", 2), timeout=300)
+    assert node == ray.get(engine.node_id.remote())
+    ray.get(engine.load_weights_path.remote(path, 2), timeout=300)
+    assert ray.get(engine.get_policy_version.remote()) == 2
+    shm_engine, shm_learner = engine_lp(), learner_lp()
+    assert _max_gap(shm_engine, shm_learner) < LOGPROB_TOL
+    assert _max_gap(shm_engine, after_engine) > 10 * LOGPROB_TOL  # the second update reached the engine
+    import os
+
+    assert os.path.exists(path)
+    ray.get(learner.remove_weights_file.remote())
+    assert not os.path.exists(path)

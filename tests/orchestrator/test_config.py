@@ -46,6 +46,11 @@ def test_parse_overrides_nests():
 
 @pytest.mark.parametrize("override, field", [
     (["rollout.group_size=1"], "rollout.group_size"),
+    (["algorithm.off_policy_lag=2"], "algorithm.off_policy_lag"),
+    (["algorithm.off_policy_lag=1"], "algorithm.off_policy_lag"),  # needs old_logprobs='sampler'
+    (["output.keep_last=0"], "output.keep_last"),
+    (["output.checkpoint_every=-1"], "output.checkpoint_every"),
+    (["rollout.max_restarts=-1"], "rollout.max_restarts"),
     (["algorithm.clip_eps=1.5"], "algorithm.clip_eps"),
     (["learner.zero_stage=4"], "learner.zero_stage"),
     (["data.task=poetry"], "data.task"),

@@ -1,0 +1,181 @@
+"""Turn the benchmark JSON files in docs/bench/ into docs/benchmarks.md and PNG plots.
+
+    python bench/report.py            # after bench/run_perf.py (or any of the single benchmarks)
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.join(ROOT, "docs", "bench")
+TARGETS = {"rollout": 3.0, "e2e": 2.0, "sync": 3.0}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f", {int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def load(name: str):
+    path = os.path.join(BENCH_DIR, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def verdict(ratio: float, target: float, higher_is_better: bool = True) -> str:
+    ok = ratio >= target if higher_is_better else ratio <= target
+    return "met" if ok else "NOT met"
+
+
+def plot_sync(data: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    mib = [r["bytes"] / 2**20 for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(mib, [r["sync_s"] for r in rows], "o-", label="weight sync (learner -> engine)")
+    ax.plot(mib, [r["memcpy_s"] for r in rows], "s--", label="memcpy of the same bytes")
+    ax.plot(mib, [3 * r["memcpy_s"] for r in rows], ":", label="target: 3 x memcpy")
+    ax.set_xlabel("model bytes (MiB)")
+    ax.set_ylabel("seconds")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_breakdown(data: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    labels = [f"G={r['group_size']}\n{r['workers']} eng." for r in rows]
+    phases = [("time/generate_s", "generation"), ("time/reward_s", "reward"), ("time/learn_s", "learning"),
+              ("time/sync_s", "sync"), ("time/other_s", "other/idle")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bottom = [0.0] * len(rows)
+    for key, name in phases:
+        values = [r[key] for r in rows]
+        ax.bar(labels, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel("seconds per step")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(pairs: list[tuple[str, float]], ylabel: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar([p[0] for p in pairs], [p[1] for p in pairs], color=["tab:blue", "tab:gray"][: len(pairs)])
+    ax.set_ylabel(ylabel)
+    for i, (_, v) in enumerate(pairs):
+        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    os.makedirs(BENCH_DIR, exist_ok=True)
+    lines = ["# Benchmarks", "", f"Machine: {machine()}.", "",
+             "Rerun everything with `make bench-perf` (= `python bench/run_perf.py`); each section names the "
+             "command that produced its numbers. Raw results: `docs/bench/*.json`.", ""]
+    summary = []
+    for name, title, counts in (("rollout_vs_hf", "the rollout workload (GSM8K prompts, each sample stops at EOS)", True),
+                                ("rollout_vs_hf_fixed_length", "raw decoding (every sample to the full length)", False)):
+        rollout = load(name)
+        if not rollout:
+            continue
+        s = rollout["settings"]
+        v, h = rollout["vllm"]["tokens_per_s"], rollout["hf_generate"]["tokens_per_s"]
+        plot_bars([("grpo-ray vLLM engine", v), ("HF generate", h)], "generated tokens/s", os.path.join(BENCH_DIR, f"{name}.png"))
+        if counts:
+            summary.append(("rollout tokens/s vs HF generate", rollout["speedup"], TARGETS["rollout"]))
+        lines += [f"## Rollout: vLLM engine vs Hugging Face generate, {title}", "",
+                  f"`{rollout['command']}`", "",
+                  f"{s['questions']} prompts x G={s['group_size']}, at most {s['max_new_tokens']} new tokens, "
+                  f"{s['dtype']}, temperature 1, ignore_eos={s['ignore_eos']}; best of {s['repeats']} run(s).", "",
+                  "| | tokens/s | seconds |", "|---|---|---|",
+                  f"| grpo-ray rollout engine (vLLM) | {v:.1f} | {min(r['seconds'] for r in rollout['vllm']['runs']):.1f} |",
+                  f"| HF `generate` (one batch of {rollout['hf_generate']['batch']} sequences) | {h:.1f} | "
+                  f"{min(r['seconds'] for r in rollout['hf_generate']['runs']):.1f} |",
+                  f"| ratio | **{rollout['speedup']:.2f}x** | |", "", f"![{name}](bench/{name}.png)", ""]
+    e2e = load("e2e_vs_trl")
+    if e2e and "ours" in e2e and "trl" in e2e and e2e.get("speedup_samples_per_s"):
+        o, t = e2e["ours"], e2e["trl"]
+        plot_bars([("grpo-ray", o["samples_per_s"]), ("TRL GRPOTrainer", t["samples_per_s"])], "samples/s",
+                  os.path.join(BENCH_DIR, "e2e.png"))
+        summary.append(("end-to-end samples/s vs TRL", e2e["speedup_samples_per_s"], TARGETS["e2e"]))
+        lines += ["## End to end: grpo-ray vs TRL GRPOTrainer", "", f"`{e2e['command']}`", "",
+                  "Settings: " + ", ".join(f"{k}={v}" for k, v in e2e.get("settings", {}).items()), "",
+                  "| | seconds/step | samples/s |", "|---|---|---|",
+                  f"| grpo-ray | {o['mean_step_s']:.1f} | {o['samples_per_s']:.2f} |",
+                  f"| TRL GRPOTrainer | {t['mean_step_s']:.1f} | {t['samples_per_s']:.2f} |",
+                  f"| ratio | | **{e2e['speedup_samples_per_s']:.2f}x** (target >= {TARGETS['e2e']}x: "
+                  f"{verdict(e2e['speedup_samples_per_s'], TARGETS['e2e'])}) |", "", "![e2e](bench/e2e.png)", ""]
+    sync = load("weight_sync")
+    if sync:
+        plot_sync(sync, os.path.join(BENCH_DIR, "weight_sync.png"))
+        worst = max(r["ratio_to_memcpy"] for r in sync["rows"])
+        summary.append(("weight sync / memcpy (worst size)", worst, TARGETS["sync"]))
+        lines += ["## Weight sync vs a memory copy of the same bytes", "", f"`{sync['command']}`", "",
+                  "| layers | MiB | sync s | memcpy s | sync / memcpy |", "|---|---|---|---|---|"]
+        lines += [f"| {r['layers']} | {r['bytes'] / 2**20:.0f} | {r['sync_s']:.3f} | {r['memcpy_s']:.3f} | "
+                  f"{r['ratio_to_memcpy']:.1f}x |" for r in sync["rows"]]
+        lines += ["", f"Mode: `{sync['rows'][0]['mode']}`. Target: within {TARGETS['sync']}x of memcpy: "
+                  f"{verdict(worst, TARGETS['sync'], higher_is_better=False)}.", "", "![sync](bench/weight_sync.png)", ""]
+    steps = load("step_breakdown")
+    if steps:
+        plot_breakdown(steps, os.path.join(BENCH_DIR, "step_breakdown.png"))
+        lines += ["## Step breakdown", "", f"`{steps['command']}`", "",
+                  "| G | engines | step s | generation | reward | learning | sync | other | samples/s | tokens/s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['group_size']} | {r['workers']} | {r['time/step_s']:.1f} | {r['time/generate_s']:.1f} | "
+                  f"{r['time/reward_s']:.1f} | {r['time/learn_s']:.1f} | {r['time/sync_s']:.1f} | {r['time/other_s']:.1f} | "
+                  f"{r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} |" for r in steps["rows"]]
+        lines += ["", "![breakdown](bench/step_breakdown.png)", ""]
+    if summary:
+        table = ["## Targets", "", "| what | measured | target | |", "|---|---|---|---|"]
+        for name, value, target in summary:
+            better = "sync" not in name
+            table.append(f"| {name} | {value:.2f}x | {'>=' if better else '<='} {target}x | {verdict(value, target, better)} |")
+        lines[6:6] = table + [""]
+    notes = os.path.join(BENCH_DIR, "notes.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            lines += [f.read()]
+    with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote docs/benchmarks.md ({len(summary)} targets)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

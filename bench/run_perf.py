@@ -1,0 +1,50 @@
+"""All performance benchmarks, one after the other, then docs/benchmarks.md:
+
+    python bench/run_perf.py            # or: make bench-perf   (about 40 minutes on 2 cores)
+    python bench/run_perf.py --only rollout sync
+
+Each benchmark runs in its own process (fresh Ray, nothing else competing for the cores) and writes
+docs/bench/<name>.json; bench/report.py then renders the tables and plots.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHES = {
+    # the rollout workload: GSM8K prompts, G samples each, stopping at EOS (HF pads finished rows)
+    "rollout": ["bench/rollout_vs_hf.py", "--questions", "8", "--group-size", "8", "--max-new-tokens", "256",
+                "--gsm8k", "../shared/data/gsm8k/train.jsonl", "--repeats", "1"],
+    # raw decoding speed: every sequence to the full length
+    "rollout_fixed": ["bench/rollout_vs_hf.py", "--questions", "8", "--group-size", "8", "--max-new-tokens", "64",
+                      "--ignore-eos", "--out", "docs/bench/rollout_vs_hf_fixed_length.json"],
+    "sync": ["bench/weight_sync.py", "--layers", "8", "15", "30"],
+    "e2e": ["bench/e2e_vs_trl.py"],
+    "breakdown": ["bench/step_breakdown.py", "--group-sizes", "4", "8", "16", "--workers", "1", "2"],
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", choices=sorted(BENCHES), default=list(BENCHES))
+    a = p.parse_args()
+    env = {**os.environ, "PYTHONPATH": ROOT, "VLLM_CONFIGURE_LOGGING": "0"}
+    failed = []
+    for name in a.only:
+        t0 = time.time()
+        print(f"== {name}: {' '.join(BENCHES[name])}", flush=True)
+        if subprocess.run([sys.executable, *BENCHES[name]], cwd=ROOT, env=env).returncode != 0:
+            failed.append(name)
+        print(f"== {name}: {time.time() - t0:.0f}s", flush=True)
+    subprocess.run([sys.executable, "bench/report.py"], cwd=ROOT, env=env, check=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The rollout pool's elasticity with stand-in engines (real Ray actors, no vLLM): work of a dead
+engine is redone on the survivors, replacements and scale-ups get the current weights before they
+generate, the restart budget is enforced."""
+import time
+
+import pytest
+import ray
+
+import rollout.group as group_module
+from orchestrator.config import load_config
+from orchestrator.types import Problem
+from rollout.engine import SamplingSpec
+from rollout.group import RolloutError, RolloutGroup
+from tests.fakes.actors import FakeEngine
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def pool(ray_local, monkeypatch):
+    monkeypatch.setattr(group_module, "RolloutEngine", FakeEngine)
+    cfg = load_config("configs/tiny_cpu.yaml", ["rollout.num_workers=3", "rollout.num_cpus_per_worker=0.5",
+                                                "rollout.group_size=2", "rollout.max_restarts=1",
+                                                "resources.timeout_s=60"])
+    g = RolloutGroup(cfg, max_model_len=64)
+    g.ready()
+    yield g
+    g.shutdown()
+
+
+def _problems(n):
+    return [Problem(uid=f"q{i}", question=f"{i}+0", gold=str(i), task="arithmetic") for i in range(n)], [[i + 1] for i in range(n)]
+
+
+def _kill(g, name):
+    """Kill an engine and wait until Ray reports it dead (ray.kill is asynchronous)."""
+    handle = g.engines[name]
+    ray.kill(handle, no_restart=True)
+    with pytest.raises(ray.exceptions.RayActorError):
+        for _ in range(100):
+            ray.get(handle.ping.remote(), timeout=10)
+            time.sleep(0.1)
+
+
+def test_dead_engine_work_is_redone_on_the_survivors_in_order(pool):
+    problems, ids = _problems(7)
+    _kill(pool, "rollout-engine-1")
+    episodes, stats = pool.generate(problems, ids)
+    assert [e.group_id for e in episodes] == [g for g in range(7) for _ in range(2)]
+    assert [e.problem.uid for e in episodes[::2]] == [p.uid for p in problems]
+    assert "rollout-engine-1" not in {e.response_text for e in episodes}
+    assert stats["rollout/engines_lost"] == 1 and stats["rollout/num_engines"] == 2
+    assert pool.names == ["rollout-engine-0", "rollout-engine-2"]
+
+
+def test_replacement_gets_current_weights_before_it_generates_and_budget_is_enforced(pool):
+    loaded = []
+
+    def load(new):  # what the driver does: sync the current policy into the new engines only
+        loaded.append(sorted(new))
+        pool.sync_weights_blob(ray.put(b"weights"), 5, list(new))
+
+    _kill(pool, "rollout-engine-0")
+    pool.generate(*_problems(3))
+    assert pool.heal(load) == ["rollout-engine-3"] and loaded == [["rollout-engine-3"]]
+    assert pool.policy_versions(["rollout-engine-3"]) == {"rollout-engine-3": 5}
+    assert pool.restarts_left == 0
+    _kill(pool, "rollout-engine-2")
+    pool.generate(*_problems(3))
+    with pytest.raises(RolloutError, match="rollout-engine-2 died and rollout.max_restarts=1 replacements are used up"):
+        pool.heal(load)
+
+
+def test_scale_up_and_down_between_steps(pool):
+    pool.scale_to(1)
+    assert pool.names == ["rollout-engine-0"]
+    assert pool.heal(lambda new: None) == []
+    pool.scale_to(2)
+    assert pool.heal(lambda new: pool.sync_weights_blob(ray.put(b"w"), 2, list(new))) == ["rollout-engine-3"]
+    assert pool.restarts_left == 1  # a scale-up is not a restart
+    texts = pool.generate_text([[1], [2, 2], [3, 3, 3]], SamplingSpec(n=1, max_new_tokens=4))
+    assert [t[0].split(":")[1] for t in texts] == ["1", "2", "3"]  # answers in prompt order
+    with pytest.raises(RolloutError, match=">= 1"):
+        pool.scale_to(0)
+
+
+def test_no_engine_left_is_an_error_naming_them(pool):
+    for name in pool.names:
+        _kill(pool, name)
+    with pytest.raises(RolloutError, match="no rollout engine is left"):
+        pool.generate(*_problems(2))
