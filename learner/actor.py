@@ -120,8 +120,9 @@ class LearnerWorker:
             named = list(module.named_parameters(remove_duplicate=False))
             named += [(n, b) for n, b in module.named_buffers() if not n.endswith("inv_freq")]
         path = os.path.join(shm_dir(), f"grpo-weights-{os.getpid()}-v{version}.safetensors")
-        write_safetensors(named, path, getattr(torch, dtype))
-        self.remove_weights_file()
+        write_safetensors(named, path, getattr(torch, dtype))  # replaces a file of the same version in place
+        if self.weights_file != path:
+            self.remove_weights_file()
         self.weights_file = path
         return path, ray.get_runtime_context().get_node_id()
 

@@ -96,5 +96,7 @@ def test_sync_makes_engine_match_learner(actors):
     import os
 
     assert os.path.exists(path)
+    # the same version again (a replacement engine joining): the file is rewritten, not removed
+    assert ray.get(learner.export_weights_file.remote("float32", 2), timeout=300)[0] == path and os.path.exists(path)
     ray.get(learner.remove_weights_file.remote())
     assert not os.path.exists(path)
