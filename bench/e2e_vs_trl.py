@@ -93,6 +93,8 @@ def build_config(args: argparse.Namespace, out_dir: str):
         f"output.dir={out_dir}", "output.checkpoint_every=0", "output.save_final=false",
         "logging.ray_metrics=false", "logging.dashboard=false", "eval.every_steps=0",
     ]
+    if args.gsm8k:
+        overrides += ["data.task=gsm8k", f"data.train_file={args.gsm8k}"]
     return load_config(os.path.join(ROOT, "configs/tiny_cpu.yaml"), overrides), overrides
 
 
@@ -381,6 +383,7 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=None,
                     help="sequences per forward/backward on both sides (default: gcd(Q*G, 8))")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gsm8k", help="GSM8K .jsonl: train on its questions instead of 1-digit sums")
     ap.add_argument("--model", default=os.path.join(ROOT, "models/SmolLM2-135M-Instruct"))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs/bench/e2e_vs_trl.json"))
     ap.add_argument("--only", choices=("ours", "trl", "both"), default="both")

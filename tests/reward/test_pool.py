@@ -133,7 +133,8 @@ def test_pool_scores_episodes_in_order(pool):
     assert [e.response_text for e in scored] == [e.response_text for e in episodes]
     assert stats["reward/timeouts"] == 0
     assert stats["time/reward_s"] > 0
-    assert pool.score([], timeout_s=10) == ([], {"reward/timeouts": 0, "time/reward_s": pytest.approx(0, abs=1)})
+    assert pool.score([], timeout_s=10) == ([], {"reward/timeouts": 0, "reward/worker_restarts": 0,
+                                                 "time/reward_s": pytest.approx(0, abs=1)})
 
 
 @slow
