@@ -135,7 +135,8 @@ def main() -> None:
                   os.path.join(BENCH_DIR, "e2e.png"))
         summary.append(("end-to-end samples/s vs TRL", e2e["speedup_samples_per_s"], TARGETS["e2e"]))
         lines += ["## End to end: grpo-ray vs TRL GRPOTrainer", "", f"`{e2e['command']}`", "",
-                  "Settings: " + ", ".join(f"{k}={v}" for k, v in e2e.get("settings", {}).items()), "",
+                  "Settings: " + ", ".join(f"{k}={v}" for k, v in e2e.get("settings", {}).items()
+                                          if not isinstance(v, (list, dict))), "",
                   "| | seconds/step | samples/s |", "|---|---|---|",
                   f"| grpo-ray | {o['mean_step_s']:.1f} | {o['samples_per_s']:.2f} |",
                   f"| TRL GRPOTrainer | {t['mean_step_s']:.1f} | {t['samples_per_s']:.2f} |",
