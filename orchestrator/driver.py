@@ -75,21 +75,13 @@ def init_ray(cfg: TrainConfig) -> None:
     if cfg.resources.address:
         ray.init(address=cfg.resources.address, runtime_env=env, log_to_driver=True)
         return
-    # Phases run one after another, so the local Ray may advertise more CPUs than the machine has.
-    learned = int(cfg.reward.orm_weight > 0) + int(cfg.reward.prm_weight > 0)
-    wanted = (cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
-              + cfg.reward.num_workers * cfg.reward.num_cpus_per_worker + cfg.learner.num_cpus
-              + learned * cfg.reward_model.num_cpus)
-    num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(wanted + 0.999))
-    # the custom resources the roles ask for (rollout_node, ...) exist on the one local node
-    from orchestrator.placement import role_demands
+    from orchestrator.placement import role_demands, totals
 
-    custom: dict = {}
-    for bundles in role_demands(cfg).values():
-        for bundle in bundles:
-            for key, amount in bundle.items():
-                if key not in ("CPU", "GPU"):
-                    custom[key] = custom.get(key, 0.0) + amount
+    need = totals(role_demands(cfg))
+    # Phases run one after another, so the local Ray may advertise more CPUs than the machine has.
+    num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(need.get("CPU", 0.0) + 0.999))
+    # the custom resources the roles ask for (rollout_node, ...) exist on the one local node
+    custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU")}
     context = ray.init(num_cpus=num_cpus, resources=custom or None, include_dashboard=cfg.logging.dashboard,
                        runtime_env=env, log_to_driver=True)
     if cfg.logging.dashboard and getattr(context, "dashboard_url", None):

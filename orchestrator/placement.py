@@ -57,18 +57,27 @@ def role_demands(cfg, num_engines: Optional[int] = None) -> dict[str, list[dict]
     }
 
 
+def totals(demands: Mapping[str, list[dict]]) -> dict[str, float]:
+    """Each resource summed over every role's bundles."""
+    need: dict[str, float] = defaultdict(float)
+    for bundles in demands.values():
+        for bundle in bundles:
+            for key, amount in bundle.items():
+                need[key] += amount
+    return dict(need)
+
+
 def check_cluster(demands: Mapping[str, list[dict]], available: Mapping[str, float]) -> None:
     """Raise PlacementError (one line) if the cluster's total resources cannot hold every role's bundles.
 
     ``available``: ``ray.cluster_resources()``. This is a necessary condition (totals, not per-node
     packing); the placement groups then wait at most ``resources.placement_timeout_s``.
     """
-    need: dict[str, float] = defaultdict(float)
+    need = totals(demands)
     by_role: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for role, bundles in demands.items():
         for bundle in bundles:
             for key, amount in bundle.items():
-                need[key] += amount
                 by_role[key][role] += amount
     short = []
     for key in sorted(need):

@@ -155,10 +155,9 @@ class RolloutEngine:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
-            self.llm.collective_rpc("load_weights_from_file", args=(path,))
+            self.load_weights_path(path, version)
         finally:
             os.unlink(path)
-        self._after_update(version)
         return time.time() - t0
 
     def load_weights_path(self, path: str, version: int) -> float:
