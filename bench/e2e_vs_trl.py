@@ -79,11 +79,18 @@ def machine_info() -> dict:
     }
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+"""--precision on both sides. bf16 is mixed precision: ours keeps fp32 master weights in DeepSpeed's
+bf16 optimizer and generates with bf16 engines; TRL keeps fp32 weights and runs under bf16 autocast
+(its own default, ``bf16=True``)."""
+
+
 def build_config(args: argparse.Namespace, out_dir: str):
     from orchestrator.config import load_config
 
     overrides = [
-        f"model.path={args.model}", "model.dtype=float32", f"seed={args.seed}", f"total_steps={args.steps}",
+        f"model.path={args.model}", f"model.dtype={DTYPES[args.precision]}", f"rollout.dtype={DTYPES[args.precision]}",
+        f"seed={args.seed}", f"total_steps={args.steps}",
         f"data.questions_per_step={args.questions}", f"rollout.group_size={args.group_size}",
         f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
         f"algorithm.mu={args.mu}", "algorithm.kl_coef=0.04", "algorithm.clip_eps=0.2",
@@ -244,7 +251,7 @@ def run_trl(args: argparse.Namespace, cfg, batches: list) -> tuple[dict, dict]:
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
         adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0,
         temperature=1.0, top_p=1.0, top_k=0,
-        use_vllm=False, use_cpu=True, bf16=False, fp16=False,
+        use_vllm=False, use_cpu=True, bf16=args.precision == "bf16", fp16=False,
         model_init_kwargs={"dtype": "float32"}, gradient_checkpointing=False,
         max_steps=args.steps * mu, logging_steps=1, report_to="none", save_strategy="no",
         seed=args.seed, shuffle_dataset=False, remove_unused_columns=False, dataloader_num_workers=0,
@@ -383,6 +390,8 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=None,
                     help="sequences per forward/backward on both sides (default: gcd(Q*G, 8))")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=sorted(DTYPES), default="fp32",
+                    help="fp32 everywhere, or bf16 mixed precision on both sides (fp32 master weights)")
     ap.add_argument("--gsm8k", help="GSM8K .jsonl: train on its questions instead of 1-digit sums")
     ap.add_argument("--model", default=os.path.join(ROOT, "models/SmolLM2-135M-Instruct"))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs/bench/e2e_vs_trl.json"))
@@ -413,7 +422,7 @@ def main() -> None:
             "steps": args.steps, "warmup": args.warmup, "questions_per_step": args.questions,
             "group_size": args.group_size, "batch_sequences": batch, "max_new_tokens": args.max_new_tokens,
             "mu": args.mu, "lr": args.lr, "micro_batch": args.micro_batch, "kl_coef": 0.04, "clip_eps": 0.2,
-            "temperature": 1.0, "seed": args.seed, "dtype": "float32", "system_prompt": cfg.data.system_prompt,
+            "temperature": 1.0, "seed": args.seed, "precision": args.precision, "system_prompt": cfg.data.system_prompt,
             "question_uids_by_step": [[p.uid for p in b] for b in batches],
             "ours_overrides": overrides, "trl": None,
         },

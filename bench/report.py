@@ -128,29 +128,36 @@ def main() -> None:
                   f"| HF `generate` (one batch of {rollout['hf_generate']['batch']} sequences) | {h:.1f} | "
                   f"{min(r['seconds'] for r in rollout['hf_generate']['runs']):.1f} |",
                   f"| ratio | **{rollout['speedup']:.2f}x** | |", "", f"![{name}](bench/{name}.png)", ""]
-    e2e = load("e2e_vs_trl")
-    if e2e and "ours" in e2e and "trl" in e2e and e2e.get("speedup_samples_per_s"):
-        o, t = e2e["ours"], e2e["trl"]
+    for name, label in (("e2e_vs_trl", "fp32"), ("e2e_vs_trl_bf16", "bf16 mixed precision")):
+        e2e = load(name)
+        if not (e2e and e2e.get("ours") and e2e.get("trl") and e2e.get("speedup_samples_per_s")):
+            continue
+        o, t, ratio = e2e["ours"], e2e["trl"], e2e["speedup_samples_per_s"]
+        png = "e2e.png" if name == "e2e_vs_trl" else f"{name}.png"
         plot_bars([("grpo-ray", o["samples_per_s"]), ("TRL GRPOTrainer", t["samples_per_s"])], "samples/s",
-                  os.path.join(BENCH_DIR, "e2e.png"))
-        summary.append(("end-to-end samples/s vs TRL", e2e["speedup_samples_per_s"], TARGETS["e2e"]))
-        lines += ["## End to end: grpo-ray vs TRL GRPOTrainer", "", f"`{e2e['command']}`", "",
+                  os.path.join(BENCH_DIR, png))
+        summary.append((f"end-to-end samples/s vs TRL, {label}", ratio, TARGETS["e2e"]))
+        lines += [f"## End to end: grpo-ray vs TRL GRPOTrainer, {label}", "", f"`{e2e['command']}`", "",
                   "Settings: " + ", ".join(f"{k}={v}" for k, v in e2e.get("settings", {}).items()
                                           if not isinstance(v, (list, dict))), "",
-                  "| | seconds/step | samples/s |", "|---|---|---|",
-                  f"| grpo-ray | {o['mean_step_s']:.1f} | {o['samples_per_s']:.2f} |",
-                  f"| TRL GRPOTrainer | {t['mean_step_s']:.1f} | {t['samples_per_s']:.2f} |",
-                  f"| ratio | | **{e2e['speedup_samples_per_s']:.2f}x** (target >= {TARGETS['e2e']}x: "
-                  f"{verdict(e2e['speedup_samples_per_s'], TARGETS['e2e'])}) |", "", "![e2e](bench/e2e.png)", ""]
+                  "| | seconds/step | generation s | learning s | samples/s |", "|---|---|---|---|---|",
+                  f"| grpo-ray | {o['mean_step_s']:.1f} | {o['mean_generate_s']:.1f} | {o['mean_learn_s']:.1f} | "
+                  f"{o['samples_per_s']:.2f} |",
+                  f"| TRL GRPOTrainer | {t['mean_step_s']:.1f} | {t['mean_generate_s']:.1f} | "
+                  f"{t['mean_learn_s_approx']:.1f} (step - generation) | {t['samples_per_s']:.2f} |",
+                  f"| ratio | | | | **{ratio:.2f}x** (target >= {TARGETS['e2e']}x: {verdict(ratio, TARGETS['e2e'])}) |",
+                  "", f"![{name}](bench/{png})", ""]
     sync = load("weight_sync")
     if sync:
         plot_sync(sync, os.path.join(BENCH_DIR, "weight_sync.png"))
         worst = max(r["ratio_to_memcpy"] for r in sync["rows"])
         summary.append(("weight sync / memcpy (worst size)", worst, TARGETS["sync"]))
         lines += ["## Weight sync vs a memory copy of the same bytes", "", f"`{sync['command']}`", "",
-                  "| layers | MiB | sync s | memcpy s | sync / memcpy |", "|---|---|---|---|---|"]
-        lines += [f"| {r['layers']} | {r['bytes'] / 2**20:.0f} | {r['sync_s']:.3f} | {r['memcpy_s']:.3f} | "
-                  f"{r['ratio_to_memcpy']:.1f}x |" for r in sync["rows"]]
+                  "| layers | MiB | sync s | learner write s | engine reload s | memcpy s | sync / memcpy |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['layers']} | {r['bytes'] / 2**20:.0f} | {r['sync_s']:.3f} | {r.get('write_s', float('nan')):.3f} | "
+                  f"{r.get('engine_load_s', float('nan')):.3f} | {r['memcpy_s']:.3f} | {r['ratio_to_memcpy']:.1f}x |"
+                  for r in sync["rows"]]
         lines += ["", f"Mode: `{sync['rows'][0]['mode']}`. Target: within {TARGETS['sync']}x of memcpy: "
                   f"{verdict(worst, TARGETS['sync'], higher_is_better=False)}.", "", "![sync](bench/weight_sync.png)", ""]
     steps = load("step_breakdown")

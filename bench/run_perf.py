@@ -23,8 +23,10 @@ BENCHES = {
     "rollout_fixed": ["bench/rollout_vs_hf.py", "--questions", "8", "--group-size", "8", "--max-new-tokens", "64",
                       "--ignore-eos", "--out", "docs/bench/rollout_vs_hf_fixed_length.json"],
     "sync": ["bench/weight_sync.py", "--layers", "8", "15", "30"],
-    "e2e": ["bench/e2e_vs_trl.py"],
-    "breakdown": ["bench/step_breakdown.py", "--group-sizes", "4", "8", "16", "--workers", "1", "2"],
+    "e2e": ["bench/e2e_vs_trl.py", "--steps", "4", "--warmup", "1"],
+    "e2e_bf16": ["bench/e2e_vs_trl.py", "--steps", "4", "--warmup", "1", "--precision", "bf16",
+                 "--out", "docs/bench/e2e_vs_trl_bf16.json"],
+    "breakdown": ["bench/step_breakdown.py", "--group-sizes", "4", "8", "16", "--workers", "1", "2", "--steps", "3"],
 }
 
 

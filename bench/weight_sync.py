@@ -63,16 +63,22 @@ def measure(model: str, repeats: int, mode: str) -> dict:
     trainer = Trainer(cfg)
     try:
         trainer.setup()
-        times = []
+        times, parts = [], []
         for version in range(1, repeats + 1):
             times.append(trainer.sync_weights(version))
+            parts.append(dict(trainer.sync_parts))
         versions = trainer.rollout.policy_versions()
         assert set(versions.values()) == {repeats}, versions
         nbytes = trainer._get(trainer.learner.weights_nbytes.remote(trainer.rollout.dtype), "sizing the weights")
     finally:
         trainer.shutdown()
         ray.shutdown()
-    return {"sync_s": statistics.median(times), "sync_runs": times, "bytes": nbytes, "mode": trainer.sync_mode}
+    out = {"sync_s": statistics.median(times), "sync_runs": times, "bytes": nbytes, "mode": trainer.sync_mode}
+    for key in ("write_s", "engine_load_s"):  # where the time goes (shm path)
+        values = [p[key] for p in parts if key in p]
+        if values:
+            out[key] = statistics.median(values)
+    return out
 
 
 def main() -> None:
@@ -91,7 +97,8 @@ def main() -> None:
             row["memcpy_s"] = memcpy_seconds(row["bytes"])
             row["ratio_to_memcpy"] = row["sync_s"] / row["memcpy_s"]
             rows.append(row)
-            print(f"sync {row['bytes'] / 2**20:.0f} MiB ({layers} layers): {row['sync_s']:.3f}s, memcpy "
+            parts = ", ".join(f"{k} {row[k]:.3f}s" for k in ("write_s", "engine_load_s") if k in row)
+            print(f"sync {row['bytes'] / 2**20:.0f} MiB ({layers} layers): {row['sync_s']:.3f}s ({parts}), memcpy "
                   f"{row['memcpy_s']:.3f}s, x{row['ratio_to_memcpy']:.1f}", flush=True)
     save_result(a.out, {"rows": rows, "settings": vars(a)})
 

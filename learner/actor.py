@@ -110,7 +110,9 @@ class LearnerWorker:
 
     def export_weights_file(self, dtype: str, version: int) -> tuple[str, str]:
         """Same-node path: the policy written once, straight from the parameters, into a safetensors file
-        in shared memory; returns (path, this node's id). The previous version's file is removed."""
+        in shared memory; returns (path, this node's id). Every version goes to the same file, overwritten
+        in place: the driver only starts the engines' reload after this returns, and the next write only
+        after every engine has finished reading."""
         import ray
 
         module = self.trainer.engine.module
@@ -119,11 +121,10 @@ class LearnerWorker:
         else:
             named = list(module.named_parameters(remove_duplicate=False))
             named += [(n, b) for n, b in module.named_buffers() if not n.endswith("inv_freq")]
-        path = os.path.join(shm_dir(), f"grpo-weights-{os.getpid()}-v{version}.safetensors")
-        write_safetensors(named, path, getattr(torch, dtype))  # replaces a file of the same version in place
-        if self.weights_file != path:
-            self.remove_weights_file()
+        path = os.path.join(shm_dir(), f"grpo-weights-{os.getpid()}.safetensors")
+        write_safetensors(named, path, getattr(torch, dtype))
         self.weights_file = path
+        log.debug("weights v%d written to %s", version, path)
         return path, ray.get_runtime_context().get_node_id()
 
     def remove_weights_file(self) -> None:

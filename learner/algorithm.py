@@ -259,11 +259,13 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     targets = targets.long()
     rows = []
-    for b in range(logits.shape[0]):
-        row = logits[b].to(out_dtype)  # [T, V]
+    # unbind, not logits[b]: its backward stacks the row gradients once instead of filling a zero
+    # [B, T, V] gradient for every row
+    for row, row_targets in zip(logits.unbind(0), targets.unbind(0)):
+        row = row.to(out_dtype)  # [T, V]
         if temperature != 1.0:
             row = row / temperature
-        picked = row.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1)  # [T]
+        picked = row.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)  # [T]
         rows.append(picked - torch.logsumexp(row, dim=-1))
     if not rows:
         return logits.new_zeros(targets.shape, dtype=out_dtype)

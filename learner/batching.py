@@ -15,6 +15,10 @@ import torch
 from orchestrator.types import Episode
 
 
+def _pick(values: list, rows: list[int]) -> list:
+    return [values[i] for i in rows] if values else []
+
+
 @dataclass
 class TokenBatch:
     input_ids: torch.Tensor  # [B, L] long
@@ -34,23 +38,34 @@ class TokenBatch:
 
     def slice(self, start: int, end: int) -> "TokenBatch":
         """Rows [start, end), trimmed to the longest row so micro-batches carry no extra padding."""
-        width = int(self.attention_mask[start:end].sum(dim=1).max().item())
+        return self.select(range(start, min(end, len(self))))
+
+    def select(self, rows: Sequence[int]) -> "TokenBatch":
+        """The given rows (in that order), trimmed to the longest of them."""
+        rows = list(rows)
+        idx = torch.tensor(rows, dtype=torch.long)
+        width = int(self.attention_mask[idx].sum(dim=1).max().item())
         adv = self.advantages
         if adv is not None:
-            adv = adv[start:end] if adv.dim() == 1 else adv[start:end, : width - 1]
+            adv = adv[idx] if adv.dim() == 1 else adv[idx, : width - 1]
         return TokenBatch(
-            input_ids=self.input_ids[start:end, :width],
-            attention_mask=self.attention_mask[start:end, :width],
-            targets=self.targets[start:end, : width - 1],
-            response_mask=self.response_mask[start:end, : width - 1],
-            sampler_logprobs=self.sampler_logprobs[start:end, : width - 1],
-            rewards=self.rewards[start:end],
-            prompt_lengths=self.prompt_lengths[start:end],
-            response_lengths=self.response_lengths[start:end],
-            step_rewards=self.step_rewards[start:end],
-            step_ends=self.step_ends[start:end],
+            input_ids=self.input_ids[idx, :width],
+            attention_mask=self.attention_mask[idx, :width],
+            targets=self.targets[idx, : width - 1],
+            response_mask=self.response_mask[idx, : width - 1],
+            sampler_logprobs=self.sampler_logprobs[idx, : width - 1],
+            rewards=self.rewards[idx],
+            prompt_lengths=_pick(self.prompt_lengths, rows),
+            response_lengths=_pick(self.response_lengths, rows),
+            step_rewards=_pick(self.step_rewards, rows),
+            step_ends=_pick(self.step_ends, rows),
             advantages=adv,
         )
+
+    def response_window(self) -> int:
+        """First target position that scores a response token in any row (``min prompt length - 1``):
+        logits before it are never used, so the learner does not compute them."""
+        return max(0, min(self.prompt_lengths) - 1) if self.prompt_lengths else 0
 
     def scatter_response(self, per_row: Sequence[torch.Tensor]) -> torch.Tensor:
         """Place one [response_len_i] tensor per row at its target positions of a [B, L-1] zero tensor."""
@@ -59,6 +74,17 @@ class TokenBatch:
             start = self.prompt_lengths[i] - 1
             out[i, start : start + len(values)] = values.to(out.dtype)
         return out
+
+
+def micro_batch_rows(batch: TokenBatch, size: int) -> list[list[int]]:
+    """Split the rows into micro-batches of ``size`` (the last may be smaller), rows of similar length
+    together: each micro-batch is padded only to its own longest row, so sorting by length removes
+    most of the padding a fixed order would compute. The GRPO loss is a sum over rows with global
+    normalisers, so the split does not change the accumulated gradient.
+    """
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    order = sorted(range(len(batch)), key=lambda i: (lengths[i], batch.prompt_lengths[i] if batch.prompt_lengths else 0, i))
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def collate(episodes: Sequence[Episode], pad_token_id: int = 0) -> TokenBatch:

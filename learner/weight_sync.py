@@ -39,7 +39,13 @@ def write_safetensors(named: Iterator[tuple[str, torch.Tensor]] | Sequence[tuple
                       dtype: torch.dtype) -> int:
     """Write (name, tensor) pairs as a safetensors file in ``dtype`` with one copy per tensor (straight
     from the tensor's memory into the file, converting dtype on the way only when needed); tied
-    weights are written under each of their names. Written to ``path``.tmp, then renamed. Returns bytes."""
+    weights are written under each of their names. Returns the tensor bytes.
+
+    A file already at ``path`` with the same layout (the previous step's weights) is overwritten in
+    place: its pages stay allocated, so the write is a plain copy (a new file in /dev/shm first has
+    every page allocated and zeroed by the kernel, which costs more than the copy). Otherwise the
+    file is written to ``path``.tmp and renamed. Callers must not overwrite a file a reader is using.
+    """
     import json
     import os
 
@@ -51,15 +57,18 @@ def write_safetensors(named: Iterator[tuple[str, torch.Tensor]] | Sequence[tuple
         offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    total = 8 + len(head) + offset
+    in_place = os.path.exists(path) and os.path.getsize(path) == total
+    target = path if in_place else path + ".tmp"
+    with open(target, "r+b" if in_place else "wb") as f:
         f.write(len(head).to_bytes(8, "little"))
         f.write(head)
         for _, t in tensors:
             t = t.to(device="cpu", dtype=dtype).contiguous()  # no-op for a CPU tensor already in dtype
             raw = t.view(torch.int16) if dtype in (torch.bfloat16, torch.float16) else t
             f.write(memoryview(raw.numpy()).cast("B"))
-    os.replace(tmp, path)
+    if not in_place:
+        os.replace(target, path)
     return offset
 
 

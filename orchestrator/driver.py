@@ -147,6 +147,7 @@ class Trainer:
         check_resources(cfg)
         max_len = max(len(ids) for ids in prompt_ids) + cfg.rollout.max_new_tokens
         self.sync_mode = cfg.resources.weight_sync
+        self.sync_parts: dict[str, float] = {}
         if self.sync_mode == "auto":
             self.sync_mode = "nccl" if cfg.rollout.num_gpus_per_worker > 0 and cfg.learner.num_gpus > 0 else "shm"
         print("starting actors: vLLM engines, reward workers, DeepSpeed learner ...", flush=True)
@@ -186,8 +187,13 @@ class Trainer:
         self._nccl_engines |= set(engines)
 
     def sync_weights(self, version: int, names: list[str] | None = None) -> float:
-        """The learner's current weights to every engine (or ``names``), labelled ``version``."""
+        """The learner's current weights to every engine (or ``names``), labelled ``version``.
+
+        ``sync_parts`` keeps where the last sync's time went (shm path: the learner's write, and the
+        slowest engine's reload inside vLLM); the rest of the returned time is Ray round trips.
+        """
         t0 = time.time()
+        self.sync_parts = {}
         if self.sync_mode == "nccl":
             gone = self._nccl_engines - set(self.rollout.names)
             if gone:
@@ -199,10 +205,12 @@ class Trainer:
             targets = list(names) if names is not None else self.rollout.names
             path, node = self._get(self.learner.export_weights_file.remote(self.rollout.dtype, version),
                                    f"weight sync v{version}: writing the weights")
+            self.sync_parts["write_s"] = time.time() - t0
             nodes = self.rollout.node_ids(targets)
             local = [n for n in targets if nodes[n] == node]
             if local:
                 self.rollout.sync_weights_path(path, version, local)
+                self.sync_parts["engine_load_s"] = self.rollout.last_load_s
             if len(local) < len(targets):  # engines on other nodes: through the object store
                 blob = self.learner.export_weights_blob.remote(self.rollout.dtype)
                 self.rollout.sync_weights_blob(blob, version, [n for n in targets if n not in local])
@@ -268,6 +276,7 @@ class Trainer:
         metrics.update({
             "rollout/tokens_per_s": tokens / max(gen["time/generate_s"], 1e-9),
             "time/sync_s": sync_s,
+            **{f"time/sync_{k}": v for k, v in self.sync_parts.items()},
             "time/step_s": time.time() - t0,
             "policy_version": step,
             "rollout/policy_lag": step - 1 - min(e.policy_version for e in episodes),

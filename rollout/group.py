@@ -47,6 +47,7 @@ class RolloutGroup:
     """The live RolloutEngine actors of a run, by name (``rollout-engine-<k>``; k never reused)."""
 
     def __init__(self, cfg, max_model_len: int, weight_transfer_backend: str | None = None, start: bool = True):
+        self.last_load_s = 0.0  # slowest engine's own reload time in the last sync
         rc = cfg.rollout
         self.cfg = cfg
         self.on_gpu = rc.num_gpus_per_worker > 0
@@ -217,6 +218,7 @@ class RolloutGroup:
         names = list(names) if names is not None else self.names
         answers = gather_tolerating_deaths([(n, getattr(self.engines[n], method).remote(source, version)) for n in names],
                                            self.timeout_s, f"weight sync v{version}", RolloutError)
+        self.last_load_s = max((a for a in answers if isinstance(a, float)), default=0.0)
         for name, answer in zip(names, answers):
             if isinstance(answer, ActorDied):
                 self.lost.append(name)

@@ -48,3 +48,41 @@ def test_slice_trims_padding():
 def test_collate_rejects_mismatched_logprobs():
     with pytest.raises(ValueError, match=r"row 0 \(u\): 1 sampler logprobs for 2 response tokens"):
         collate([_ep([1], [2, 3], [-0.1])])
+
+
+def test_micro_batch_rows_groups_similar_lengths():
+    from learner.batching import micro_batch_rows
+
+    # total lengths 5, 2, 7, 3, 4 -> sorted rows 1 (2), 3 (3), 4 (4), 0 (5), 2 (7)
+    eps = [_ep([5, 6], [7, 8, 9], [0.0] * 3), _ep([5], [4], [0.0]), _ep([1, 2, 3], [4, 5, 6, 7], [0.0] * 4),
+           _ep([1, 2], [3], [0.0]), _ep([1], [2, 3, 4], [0.0] * 3)]
+    b = collate(eps)
+    assert micro_batch_rows(b, 2) == [[1, 3], [4, 0], [2]]
+    assert sorted(r for mb in micro_batch_rows(b, 3) for r in mb) == [0, 1, 2, 3, 4]
+    mb = b.select([1, 3])  # lengths 2 and 3: trimmed to width 3, rows in the given order
+    assert mb.input_ids.tolist() == [[5, 4, 0], [1, 2, 3]]
+    assert mb.response_mask.tolist() == [[1, 0], [0, 1]]
+    assert mb.prompt_lengths == [1, 2] and mb.response_lengths == [1, 1]
+    # first target that scores a response token: min prompt length - 1
+    assert mb.response_window() == 0 and b.select([2, 0]).response_window() == 1
+
+
+def test_windowed_logprobs_equal_full_logits():
+    """Computing the LM head only from the response window gives the full-logit logprobs on every
+    response token, and exact zeros before the window."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from learner.trainer import batch_logprobs
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    b = collate([_ep([5, 6, 7], [8, 9], [0.0] * 2), _ep([1, 2, 3, 4], [5, 6, 7], [0.0] * 3)])
+    assert b.response_window() == 2
+    with torch.no_grad():
+        full = batch_logprobs(model, b, temperature=0.7, window=False)
+        windowed = batch_logprobs(model, b, temperature=0.7, window=True)
+    mask = b.response_mask.bool()
+    assert torch.allclose(windowed[mask], full[mask], atol=1e-6)
+    assert windowed[:, :2].abs().sum() == 0 and full[:, :2].abs().sum() > 0
+    assert windowed.shape == full.shape == b.targets.shape
