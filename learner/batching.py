@@ -36,12 +36,9 @@ class TokenBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def slice(self, start: int, end: int) -> "TokenBatch":
-        """Rows [start, end), trimmed to the longest row so micro-batches carry no extra padding."""
-        return self.select(range(start, min(end, len(self))))
-
     def select(self, rows: Sequence[int]) -> "TokenBatch":
-        """The given rows (in that order), trimmed to the longest of them."""
+        """The given rows (in that order), trimmed to the longest of them so micro-batches carry no
+        extra padding."""
         rows = list(rows)
         idx = torch.tensor(rows, dtype=torch.long)
         width = int(self.attention_mask[idx].sum(dim=1).max().item())

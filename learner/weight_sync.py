@@ -72,6 +72,35 @@ def write_safetensors(named: Iterator[tuple[str, torch.Tensor]] | Sequence[tuple
     return offset
 
 
+def mapped_safetensors(path: str) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of a safetensors file, as views of the memory-mapped file: the
+    reader of ``write_safetensors``.
+
+    No tensor is copied: each view reads the file's pages in place (in /dev/shm, the pages the learner
+    wrote), so the one copy a reload makes is vLLM's own, into its parameters. The map lives as long
+    as the views do.
+    """
+    import json
+    import mmap
+
+    dtypes = {code: dtype for dtype, code in _SAFETENSORS_DTYPES.items()}
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: shares pages until written
+    head_len = int.from_bytes(mapped[:8], "little")
+    header = json.loads(mapped[8 : 8 + head_len])
+    base = 8 + head_len
+    data = torch.frombuffer(mapped, dtype=torch.uint8)
+    out = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] not in dtypes:
+            raise ValueError(f"{path}: tensor {name} has dtype {meta['dtype']}; expected one of {sorted(dtypes)}")
+        start, end = meta["data_offsets"]
+        out.append((name, data[base + start : base + end].view(dtypes[meta["dtype"]]).view(meta["shape"])))
+    return out
+
+
 def unpack_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 

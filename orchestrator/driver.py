@@ -209,8 +209,7 @@ class Trainer:
             nodes = self.rollout.node_ids(targets)
             local = [n for n in targets if nodes[n] == node]
             if local:
-                self.rollout.sync_weights_path(path, version, local)
-                self.sync_parts["engine_load_s"] = self.rollout.last_load_s
+                self.sync_parts["engine_load_s"] = self.rollout.sync_weights_path(path, version, local)
             if len(local) < len(targets):  # engines on other nodes: through the object store
                 blob = self.learner.export_weights_blob.remote(self.rollout.dtype)
                 self.rollout.sync_weights_blob(blob, version, [n for n in targets if n not in local])

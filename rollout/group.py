@@ -47,7 +47,6 @@ class RolloutGroup:
     """The live RolloutEngine actors of a run, by name (``rollout-engine-<k>``; k never reused)."""
 
     def __init__(self, cfg, max_model_len: int, weight_transfer_backend: str | None = None, start: bool = True):
-        self.last_load_s = 0.0  # slowest engine's own reload time in the last sync
         rc = cfg.rollout
         self.cfg = cfg
         self.on_gpu = rc.num_gpus_per_worker > 0
@@ -197,11 +196,12 @@ class RolloutGroup:
     # ------------------------------------------------------------------------------ weights
     def sync_weights_blob(self, blob_ref, version: int, names: Optional[Sequence[str]] = None) -> float:
         """Object-store path: every engine (or ``names``) reloads the safetensors blob behind ``blob_ref``
-        (a Ray object reference: works across nodes)."""
+        (a Ray object reference: works across nodes). Returns the slowest engine's reload seconds."""
         return self._sync("load_weights_blob", blob_ref, version, names)
 
     def sync_weights_path(self, path: str, version: int, names: Optional[Sequence[str]] = None) -> float:
-        """Same-node path: engines on the learner's node reload the file the learner wrote to shared memory."""
+        """Same-node path: engines on the learner's node reload the file the learner wrote to shared memory.
+        Returns the slowest engine's reload seconds."""
         return self._sync("load_weights_path", path, version, names)
 
     def node_ids(self, names: Sequence[str]) -> dict[str, str]:
@@ -213,19 +213,18 @@ class RolloutGroup:
         return {n: self._nodes[n] for n in names}
 
     def _sync(self, method: str, source, version: int, names: Optional[Sequence[str]]) -> float:
-        """An engine that dies during a sync is dropped; the pool heals before the next generation."""
-        t0 = time.time()
+        """Returns the slowest engine's own reload time. An engine that dies during a sync is dropped; the
+        pool heals before the next generation."""
         names = list(names) if names is not None else self.names
         answers = gather_tolerating_deaths([(n, getattr(self.engines[n], method).remote(source, version)) for n in names],
                                            self.timeout_s, f"weight sync v{version}", RolloutError)
-        self.last_load_s = max((a for a in answers if isinstance(a, float)), default=0.0)
         for name, answer in zip(names, answers):
             if isinstance(answer, ActorDied):
                 self.lost.append(name)
                 self._drop(name, f"died during weight sync v{version}")
         if not self.engines:
             raise RolloutError(f"weight sync v{version}: no rollout engine is left")
-        return time.time() - t0
+        return max((a for a in answers if isinstance(a, float)), default=0.0)
 
     def policy_versions(self, names: Optional[Sequence[str]] = None) -> dict[str, int]:
         names = list(names) if names is not None else self.names

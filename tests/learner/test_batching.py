@@ -39,8 +39,8 @@ def test_scatter_response_aligns_with_mask():
     assert torch.equal(placed != 0, b.response_mask.bool())
 
 
-def test_slice_trims_padding():
-    s = _two_rows().slice(1, 2)
+def test_select_trims_padding():
+    s = _two_rows().select([1])
     assert s.input_ids.tolist() == [[5, 4]] and s.targets.tolist() == [[4]] and s.response_mask.tolist() == [[1]]
     assert s.rewards.tolist() == [0.0] and s.prompt_lengths == [1]
 

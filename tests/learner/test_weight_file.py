@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from learner.weight_sync import write_safetensors
+from learner.weight_sync import mapped_safetensors, write_safetensors
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -39,8 +39,6 @@ def test_next_version_overwrites_the_file_in_place(tmp_path):
 
 
 def test_engine_reads_the_file_as_views_without_copies(tmp_path):
-    from rollout.worker_extension import mapped_safetensors
-
     path = str(tmp_path / "w.safetensors")
     emb = torch.randn(6, 4)
     named = [("embed.weight", emb), ("lm_head.weight", emb), ("norm.weight", torch.randn(4))]
