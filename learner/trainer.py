@@ -30,6 +30,20 @@ def resolve_dtype(name: str, on_gpu: bool) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
+EAGER_ATTENTION_MAX_TOKENS = 384
+"""CPU, 'auto': widest micro-batch that runs with eager attention. Measured fwd+bwd of 8 rows, SmolLM2-135M
+bf16, 2 cores: 3.3 s eager vs 4.0 s sdpa at 130 tokens, 7.1 vs 8.2 s at 300, 21 vs 18.5 s at 600."""
+
+
+def attention_for_width(setting: str, width: int, on_gpu: bool) -> Optional[str]:
+    """The attention kernel for a micro-batch ``width`` tokens wide, or None to keep the model's own."""
+    if setting != "auto":
+        return setting
+    if on_gpu:
+        return None
+    return "eager" if width <= EAGER_ATTENTION_MAX_TOKENS else "sdpa"
+
+
 def deepspeed_config(lcfg, micro_batch_size: int, grad_accum: int, world_size: int, bf16: bool) -> dict:
     """The DeepSpeed JSON config for one learner; the optimizer is passed in as an object."""
     return {
@@ -124,11 +138,13 @@ class PolicyTrainer:
         self.grad_accum = per_rank // self.micro_batch_size
 
         path, trc = cfg.model.path, cfg.model.trust_remote_code
+        self.attention = cfg.learner.attn_implementation
+        attn = {} if self.attention == "auto" else {"attn_implementation": self.attention}
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trc)
-        policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trc)
+        policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trc, **attn)
         if cfg.learner.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
-        self.reference = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, trust_remote_code=trc)
+        self.reference = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, trust_remote_code=trc, **attn)
         self.reference.requires_grad_(False).eval().to(self.device)
         optimizer = torch.optim.AdamW(  # fused: one kernel over all tensors, 9x faster than the loop on CPU
             policy.parameters(), lr=cfg.learner.lr, betas=tuple(cfg.learner.adam_betas),
@@ -141,7 +157,18 @@ class PolicyTrainer:
 
     # --------------------------------------------------------------------------- logprobs
     def _logprobs(self, model, mb: TokenBatch) -> torch.Tensor:
+        self._set_attention(getattr(model, "module", model), mb.input_ids.shape[1])
         return batch_logprobs(model, mb, self.temperature, self.device, self.keeps_logits)
+
+    def _set_attention(self, module, width: int) -> None:
+        """Switch the attention kernel for this micro-batch's width (only 'auto' on CPU ever switches)."""
+        wanted = attention_for_width(self.attention, width, self.on_gpu)
+        if wanted and getattr(module.config, "_attn_implementation", wanted) != wanted:
+            module.set_attn_implementation(wanted)
+            if module.config._attn_implementation != wanted:  # a model that cannot switch: keep its own from now on
+                log.warning("%s cannot switch attention to %s; keeping %s", type(module).__name__, wanted,
+                            module.config._attn_implementation)
+                self.attention = module.config._attn_implementation
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: TokenBatch) -> torch.Tensor:

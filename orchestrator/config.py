@@ -20,6 +20,7 @@ TASKS = ("gsm8k", "math", "arithmetic")
 # tests/orchestrator/test_config.py checks that both lists agree).
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
 class ConfigError(ValueError):
@@ -222,6 +223,10 @@ class LearnerConfig:
     """Ray CPUs reserved for the learner."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    attn_implementation: str = "auto"
+    """Attention kernel of the policy and reference: 'sdpa', 'eager', 'flash_attention_2' (GPU) or 'auto'. 'auto'
+    keeps transformers' default (sdpa) on GPU; on CPU it picks eager for micro-batches up to 384 tokens wide and
+    sdpa above, per micro-batch (eager fwd+bwd was 20% faster at 130 tokens, sdpa 10% faster at 600)."""
     resources: dict = field(default_factory=dict)
     """Custom Ray resources for the learner (and the reward-model learners), e.g. {learner_node: 1}."""
 
@@ -375,6 +380,8 @@ class TrainConfig:
             ("learner.micro_batch_size", self.learner.micro_batch_size >= 1, "must be >= 1"),
             ("learner.adam_betas", len(self.learner.adam_betas) == 2 and all(0 <= b < 1 for b in self.learner.adam_betas), "must be two numbers in [0, 1)"),
             ("learner.grad_clip", self.learner.grad_clip >= 0, "must be >= 0"),
+            ("learner.attn_implementation", self.learner.attn_implementation in ATTN_IMPLEMENTATIONS,
+             f"must be one of {ATTN_IMPLEMENTATIONS}"),
             ("model.dtype", self.model.dtype in ("auto", "float32", "bfloat16"), "must be 'auto', 'float32' or 'bfloat16'"),
             ("rollout.dtype", self.rollout.dtype in ("auto", "float32", "bfloat16"), "must be 'auto', 'float32' or 'bfloat16'"),
             ("resources.weight_sync", self.resources.weight_sync in ("auto", "shm", "file", "nccl"),

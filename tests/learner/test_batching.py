@@ -86,3 +86,32 @@ def test_windowed_logprobs_equal_full_logits():
     assert torch.allclose(windowed[mask], full[mask], atol=1e-6)
     assert windowed[:, :2].abs().sum() == 0 and full[:, :2].abs().sum() > 0
     assert windowed.shape == full.shape == b.targets.shape
+
+
+def test_attention_choice_by_width():
+    from learner.trainer import EAGER_ATTENTION_MAX_TOKENS, attention_for_width
+
+    assert attention_for_width("auto", 130, on_gpu=False) == "eager"
+    assert attention_for_width("auto", EAGER_ATTENTION_MAX_TOKENS, on_gpu=False) == "eager"
+    assert attention_for_width("auto", EAGER_ATTENTION_MAX_TOKENS + 1, on_gpu=False) == "sdpa"
+    assert attention_for_width("auto", 130, on_gpu=True) is None  # GPU keeps transformers' default
+    assert attention_for_width("sdpa", 10, on_gpu=False) == "sdpa"
+
+
+def test_switching_attention_keeps_logprobs():
+    """The eager kernel the learner switches to for short micro-batches gives sdpa's logprobs (padding included)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from learner.trainer import batch_logprobs
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, attn_implementation="sdpa")
+    model = LlamaForCausalLM(cfg).eval()
+    b = collate([_ep([5, 6, 7], [8, 9], [0.0] * 2), _ep([1, 2, 3, 4], [5, 6, 7, 8, 9], [0.0] * 5)])
+    with torch.no_grad():
+        sdpa = batch_logprobs(model, b, temperature=1.0)
+        model.set_attn_implementation("eager")
+        assert model.config._attn_implementation == "eager"
+        eager = batch_logprobs(model, b, temperature=1.0)
+    assert torch.allclose(sdpa, eager, atol=1e-5) and sdpa.abs().sum() > 0
