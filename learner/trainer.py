@@ -44,6 +44,20 @@ def attention_for_width(setting: str, width: int, on_gpu: bool) -> Optional[str]
     return "eager" if width <= EAGER_ATTENTION_MAX_TOKENS else "sdpa"
 
 
+def switch_attention(module, setting: str, width: int, on_gpu: bool) -> str:
+    """Give a Hugging Face ``module`` the kernel ``attention_for_width`` picks; returns the setting to use
+    from now on (a model that cannot switch keeps its own kernel, whose name then replaces ``setting``)."""
+    wanted = attention_for_width(setting, width, on_gpu)
+    if not wanted or getattr(module.config, "_attn_implementation", wanted) == wanted:
+        return setting
+    module.set_attn_implementation(wanted)
+    kept = module.config._attn_implementation
+    if kept != wanted:
+        log.warning("%s cannot switch attention to %s; keeping %s", type(module).__name__, wanted, kept)
+        return kept
+    return setting
+
+
 def deepspeed_config(lcfg, micro_batch_size: int, grad_accum: int, world_size: int, bf16: bool) -> dict:
     """The DeepSpeed JSON config for one learner; the optimizer is passed in as an object."""
     return {
@@ -157,18 +171,9 @@ class PolicyTrainer:
 
     # --------------------------------------------------------------------------- logprobs
     def _logprobs(self, model, mb: TokenBatch) -> torch.Tensor:
-        self._set_attention(getattr(model, "module", model), mb.input_ids.shape[1])
+        self.attention = switch_attention(getattr(model, "module", model), self.attention, mb.input_ids.shape[1],
+                                          self.on_gpu)
         return batch_logprobs(model, mb, self.temperature, self.device, self.keeps_logits)
-
-    def _set_attention(self, module, width: int) -> None:
-        """Switch the attention kernel for this micro-batch's width (only 'auto' on CPU ever switches)."""
-        wanted = attention_for_width(self.attention, width, self.on_gpu)
-        if wanted and getattr(module.config, "_attn_implementation", wanted) != wanted:
-            module.set_attn_implementation(wanted)
-            if module.config._attn_implementation != wanted:  # a model that cannot switch: keep its own from now on
-                log.warning("%s cannot switch attention to %s; keeping %s", type(module).__name__, wanted,
-                            module.config._attn_implementation)
-                self.attention = module.config._attn_implementation
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: TokenBatch) -> torch.Tensor:

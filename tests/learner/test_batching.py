@@ -102,7 +102,7 @@ def test_switching_attention_keeps_logprobs():
     """The eager kernel the learner switches to for short micro-batches gives sdpa's logprobs (padding included)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learner.trainer import batch_logprobs
+    from learner.trainer import EAGER_ATTENTION_MAX_TOKENS, batch_logprobs, switch_attention
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -111,7 +111,9 @@ def test_switching_attention_keeps_logprobs():
     b = collate([_ep([5, 6, 7], [8, 9], [0.0] * 2), _ep([1, 2, 3, 4], [5, 6, 7, 8, 9], [0.0] * 5)])
     with torch.no_grad():
         sdpa = batch_logprobs(model, b, temperature=1.0)
-        model.set_attn_implementation("eager")
+        assert switch_attention(model, "auto", b.input_ids.shape[1], on_gpu=False) == "auto"
         assert model.config._attn_implementation == "eager"
         eager = batch_logprobs(model, b, temperature=1.0)
     assert torch.allclose(sdpa, eager, atol=1e-5) and sdpa.abs().sum() > 0
+    switch_attention(model, "auto", EAGER_ATTENTION_MAX_TOKENS + 1, on_gpu=False)  # a wide micro-batch: back to sdpa
+    assert model.config._attn_implementation == "sdpa"
