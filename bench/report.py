@@ -160,6 +160,16 @@ def main() -> None:
                   for r in sync["rows"]]
         lines += ["", f"Mode: `{sync['rows'][0]['mode']}`. Target: within {TARGETS['sync']}x of memcpy: "
                   f"{verdict(worst, TARGETS['sync'], higher_is_better=False)}.", "", "![sync](bench/weight_sync.png)", ""]
+    reload = load("reload_profile")
+    if reload:
+        lines += ["### Inside the engine's reload (vLLM `reload_weights`, profiled in-process)", "", f"`{reload['command']}`", "",
+                  "| dtype | MiB | memcpy s | learner write s | reload s | oneDNN packing s | copies into parameters s | "
+                  "packing + copies / memcpy |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['dtype']} | {r['bytes'] / 2**20:.0f} | {r['memcpy_s']:.3f} | {r['write_s']:.3f} | {r['reload_s']:.3f} | "
+                  f"{r['onednn_pack_s'] + r['sgl_pack_s']:.3f} | {r['param_copy_s']:.3f} | {r['floor_ratio']:.1f}x |"
+                  for r in reload["rows"]]
+        lines += ["", "Packing and copying are the two parts of vLLM's reload that touch every byte; no sync "
+                  "through vLLM's supported reload on CPU can be faster than they are.", ""]
     steps = load("step_breakdown")
     if steps:
         plot_breakdown(steps, os.path.join(BENCH_DIR, "step_breakdown.png"))
@@ -170,6 +180,18 @@ def main() -> None:
                   f"{r['time/reward_s']:.1f} | {r['time/learn_s']:.1f} | {r['time/sync_s']:.1f} | {r['time/other_s']:.1f} | "
                   f"{r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} |" for r in steps["rows"]]
         lines += ["", "![breakdown](bench/step_breakdown.png)", ""]
+    overlap = load("reward_overlap")
+    if overlap:
+        lines += ["## Reward scoring during generation", "", f"`{overlap['command']}`", "",
+                  "Learned outcome reward model (one CPU forward per sample), bf16, G=8, Q=4, one engine. "
+                  "`reward wait` is the step's time spent on rewards after generation ended; `scoring` is all "
+                  "the scoring time, most of it inside generation when chunks are scored as they finish.", "",
+                  "| reward.overlap_samples | step s | generation | reward wait | scoring | learning | samples/s |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['overlap_samples']} | {r['time/step_s']:.1f} | {r['time/generate_s']:.1f} | {r['time/reward_s']:.1f} | "
+                  f"{r['time/reward_scoring_s']:.1f} | {r['time/learn_s']:.1f} | {r['samples_per_s']:.2f} |"
+                  for r in overlap["rows"]]
+        lines += [""]
     if summary:
         table = ["## Targets", "", "| what | measured | target | |", "|---|---|---|---|"]
         for name, value, target in summary:

@@ -1,6 +1,6 @@
 """All performance benchmarks, one after the other, then docs/benchmarks.md:
 
-    python bench/run_perf.py            # or: make bench-perf   (about 40 minutes on 2 cores)
+    python bench/run_perf.py            # or: make bench-perf   (about 50 minutes on 2 cores)
     python bench/run_perf.py --only rollout sync
 
 Each benchmark runs in its own process (fresh Ray, nothing else competing for the cores) and writes
@@ -23,10 +23,17 @@ BENCHES = {
     "rollout_fixed": ["bench/rollout_vs_hf.py", "--questions", "8", "--group-size", "8", "--max-new-tokens", "64",
                       "--ignore-eos", "--out", "docs/bench/rollout_vs_hf_fixed_length.json"],
     "sync": ["bench/weight_sync.py", "--layers", "8", "15", "30"],
+    # what the engine's reload spends on packing and copying every byte (bounds the sync ratio on CPU)
+    "reload_profile": ["bench/reload_profile.py", "--dtype", "float32", "bfloat16"],
     "e2e": ["bench/e2e_vs_trl.py", "--steps", "4", "--warmup", "1"],
     "e2e_bf16": ["bench/e2e_vs_trl.py", "--steps", "4", "--warmup", "1", "--precision", "bf16",
                  "--out", "docs/bench/e2e_vs_trl_bf16.json"],
     "breakdown": ["bench/step_breakdown.py", "--group-sizes", "4", "8", "16", "--workers", "1", "2", "--steps", "3"],
+    # reward scoring after vs during generation, with a learned outcome reward model (a CPU forward per
+    # sample; the untrained head on the policy's backbone costs the same as a trained one)
+    "reward_overlap": ["bench/step_breakdown.py", "--group-sizes", "8", "--overlap", "0", "8", "--steps", "3",
+                       "--out", "docs/bench/reward_overlap.json", "model.dtype=bfloat16", "reward.rule_weight=0",
+                       "reward.orm_weight=1.0", "reward.orm_path=models/SmolLM2-135M-Instruct"],
 }
 
 

@@ -3,6 +3,9 @@ grows with the group size G and with the number of rollout engines.
 
     python bench/step_breakdown.py --group-sizes 4 8 16 --workers 1 2 --out docs/bench/step_breakdown.json
 
+``--overlap 0 8`` instead compares reward scoring after generation (0) with scoring chunks of 8
+finished samples during generation (``reward.overlap_samples``), at G=``--group-sizes`` on one engine.
+
 Each point is a real run (local Ray, vLLM engines, reward workers, DeepSpeed learner) of
 ``--steps`` steps on the tiny model; the first step is dropped (warm-up) and the rest averaged.
 "other" is the step's wall time not inside one of the four phases (driver work, waiting, metrics).
@@ -24,8 +27,14 @@ PHASES = ("time/generate_s", "time/reward_s", "time/learn_s", "time/sync_s")
 
 
 def breakdown(records: list[dict]) -> dict:
-    """Mean seconds per phase over ``records`` (per-step metrics), plus 'other' and samples/s."""
-    out = {k: statistics.fmean(r[k] for r in records) for k in (*PHASES, "time/step_s")}
+    """Mean seconds per phase over ``records`` (per-step metrics), plus 'other' and samples/s.
+
+    The reward phase is the time a step waits for rewards after generation (``time/reward_wait_s``);
+    scoring that ran during generation (``reward.overlap_samples``) is hidden inside the generation
+    phase and reported apart as ``time/reward_scoring_s``."""
+    records = [{**r, "time/reward_s": r.get("time/reward_wait_s", r["time/reward_s"]),
+                "time/reward_scoring_s": r["time/reward_s"]} for r in records]
+    out = {k: statistics.fmean(r[k] for r in records) for k in (*PHASES, "time/step_s", "time/reward_scoring_s")}
     out["time/other_s"] = max(0.0, out["time/step_s"] - sum(out[k] for k in PHASES))
     out["tokens_per_s"] = statistics.fmean(r["rollout/tokens_per_s"] for r in records)
     out["response_length"] = statistics.fmean(r["response/length_mean"] for r in records)
@@ -57,7 +66,7 @@ def run_point(model: str, group_size: int, workers: int, steps: int, questions: 
         trainer.shutdown()
         ray.shutdown()
     result = breakdown(records[1:] or records)
-    result.update({"group_size": group_size, "workers": workers, "questions": questions,
+    result.update({"group_size": group_size, "workers": workers, "questions": questions, "overrides": list(extra),
                    "samples_per_s": batch / result["time/step_s"]})
     return result
 
@@ -71,16 +80,20 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--overlap", type=int, nargs="+", help="reward.overlap_samples values to compare (one engine)")
     p.add_argument("--out", default=os.path.join(ROOT, "docs/bench/step_breakdown.json"))
     p.add_argument("overrides", nargs="*", help="extra config overrides for every point")
     a = p.parse_args()
-    points = [(g, 1) for g in a.group_sizes] + [(a.base_group_size, w) for w in a.workers if w != 1]
+    points = [(g, 1, []) for g in a.group_sizes] + [(a.base_group_size, w, []) for w in a.workers if w != 1]
+    if a.overlap:
+        points = [(g, 1, [f"reward.overlap_samples={k}"]) for g in a.group_sizes for k in a.overlap]
     rows = []
-    for g, w in points:
-        rows.append(run_point(a.model, g, w, a.steps, a.questions, a.max_new_tokens, a.overrides))
+    for g, w, point_overrides in points:
+        rows.append(run_point(a.model, g, w, a.steps, a.questions, a.max_new_tokens, [*a.overrides, *point_overrides]))
+        rows[-1]["overlap_samples"] = int(point_overrides[0].split("=")[1]) if point_overrides else None
         r = rows[-1]
-        print(f"G={g} engines={w}: step {r['time/step_s']:.1f}s = gen {r['time/generate_s']:.1f} + reward "
-              f"{r['time/reward_s']:.1f} + learn {r['time/learn_s']:.1f} + sync {r['time/sync_s']:.1f} + other "
+        print(f"G={g} engines={w} {' '.join(point_overrides)}: step {r['time/step_s']:.1f}s = gen "
+              f"{r['time/generate_s']:.1f} + reward {r['time/reward_s']:.1f} (scoring {r['time/reward_scoring_s']:.1f}) + learn {r['time/learn_s']:.1f} + sync {r['time/sync_s']:.1f} + other "
               f"{r['time/other_s']:.1f}; {r['samples_per_s']:.2f} samples/s", flush=True)
     save_result(a.out, {"rows": rows, "settings": vars(a)})
 

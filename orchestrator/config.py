@@ -125,6 +125,9 @@ class RewardConfig:
     """Process reward model (HF folder). None with prm_weight > 0: trained at start-up (Math-Shepherd labels)."""
     model_batch_size: int = 16
     """Sequences per forward pass when a reward worker scores with a reward model."""
+    overlap_samples: int = 8
+    """Score finished samples in chunks of this many while the engines still generate the rest of the step
+    (0 = score the whole step after generation)."""
 
 
 @dataclass
@@ -345,6 +348,7 @@ class TrainConfig:
             ("reward.model_batch_size", self.reward.model_batch_size >= 1, "must be >= 1"),
             ("reward_model.lr", self.reward_model.lr > 0, "must be > 0"),
             ("reward_model.epochs", self.reward_model.epochs >= 1, "must be >= 1"),
+            ("reward.overlap_samples", self.reward.overlap_samples >= 0, "must be >= 0"),
             ("reward_model.micro_batch_size", self.reward_model.micro_batch_size >= 1, "must be >= 1"),
             ("reward_model.train_last_layers", self.reward_model.train_last_layers >= 0, "must be >= 0"),
             ("reward_model.zero_stage", self.reward_model.zero_stage in (0, 1, 2), "must be 0, 1 or 2"),

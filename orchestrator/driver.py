@@ -16,6 +16,7 @@ import logging
 import os
 import statistics
 import time
+from typing import Optional
 
 import yaml
 
@@ -237,19 +238,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- step
     def run_step(self, step: int) -> dict:
-        from reward.process import segment
-
         cfg = self.cfg
         t0 = time.time()
         self._reconcile_pool()
         if self.prefetched is not None:  # generated during the previous step's update (off_policy_lag=1)
             episodes, gen = self.prefetched
             self.prefetched, self._sampler_before = None, self._committed
+            episodes, steps, rew = self._score(episodes)
         else:
             self._sampler_before = self.sampler.state_dict()
-            episodes, gen = self._generate(self.sampler.next_batch())
-        steps = segment(episodes, self.tokenizer, cfg.algorithm.step_separator) if cfg.algorithm.supervision == "process" else None
-        episodes, rew = self.rewards.score(episodes, cfg.resources.timeout_s, steps)
+            episodes, steps, gen, rew = self._generate_scored(self.sampler.next_batch())
         batch = Batch(episodes=episodes, group_size=cfg.rollout.group_size)
         update = self.learner.train_step.remote(batch, step)
         if cfg.algorithm.off_policy_lag and step < cfg.total_steps:
@@ -315,6 +313,44 @@ class Trainer:
 
     def _generate(self, problems: list) -> tuple[list[Episode], dict]:
         return self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems])
+
+    def _segment(self, episodes) -> Optional[list]:
+        """Reasoning steps of each response (process supervision), else None."""
+        from reward.process import segment
+
+        if self.cfg.algorithm.supervision != "process":
+            return None
+        return segment(episodes, self.tokenizer, self.cfg.algorithm.step_separator)
+
+    def _score(self, episodes: list) -> tuple[list[Episode], Optional[list], dict]:
+        """Score a whole step's episodes at once (after generation)."""
+        steps = self._segment(episodes)
+        episodes, rew = self.rewards.score(episodes, self.cfg.resources.timeout_s, steps)
+        rew["time/reward_wait_s"] = rew["time/reward_s"]
+        return episodes, steps, rew
+
+    def _generate_scored(self, problems: list) -> tuple[list[Episode], Optional[list], dict, dict]:
+        """Generate a step and score it: with ``reward.overlap_samples`` > 0, chunks of finished samples are
+        scored while the engines still decode the rest (``reward.overlap``)."""
+        from reward.overlap import ChunkScorer
+
+        chunk = self.cfg.reward.overlap_samples
+        if not chunk:
+            episodes, gen = self._generate(problems)
+            episodes, steps, rew = self._score(episodes)
+            return episodes, steps, gen, rew
+        scorer = ChunkScorer(self.rewards, self.cfg.resources.timeout_s,
+                             self._segment if self.cfg.algorithm.supervision == "process" else None)
+        try:
+            generated, gen = self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems],
+                                                   on_chunk=scorer.submit, chunk_samples=chunk)
+        except BaseException:
+            scorer.close()
+            raise
+        episodes, steps, rew = scorer.result()
+        if [e.group_id for e in episodes] != [e.group_id for e in generated]:
+            raise TrainingError(f"reward overlap: {len(episodes)} episodes scored for {len(generated)} generated")
+        return episodes, steps, gen, rew
 
     # -------------------------------------------------------------------- checkpoints
     def checkpoint(self, step: int) -> str:

@@ -341,6 +341,17 @@ class RewardPool:
         given: process supervision), in order, with aggregated stats. ``rule_only``: the verifier's
         reward alone (labelling samples for reward-model training)."""
         started = time.monotonic()
+        rewarded, prm_scores, timeouts = self.score_parts(episodes, timeout_s, steps, rule_only)
+        return rewarded, self.stats(rewarded, prm_scores, timeouts, time.monotonic() - started)
+
+    def stats(self, rewarded: Sequence[Episode], prm_scores: Optional[list], timeouts: int, seconds: float) -> dict:
+        """A step's reward metrics from ``score_parts`` answers (joined, when a step was scored in chunks)."""
+        return {"reward/timeouts": timeouts, "reward/worker_restarts": self.restarts, "time/reward_s": seconds,
+                **reward_stats(rewarded, prm_scores)}
+
+    def score_parts(self, episodes: Sequence[Episode], timeout_s: float, steps: Optional[Sequence[Steps]] = None,
+                    rule_only: bool = False) -> tuple[list[Episode], Optional[list], int]:
+        """``score`` without the metrics: (rewarded episodes, per-episode PRM scores or None, timeouts)."""
         weights = RewardWeights() if rule_only else self.weights
         missing = [kind for kind in weights.models if kind not in self.model_paths]
         if missing:
@@ -374,9 +385,7 @@ class RewardPool:
                 rewarded.append(compose(episodes[k], r, c, orm, prm, weights, steps[k] if steps is not None else None,
                                         self.correct_reward, self.incorrect_reward))
             timeouts += stats["timeouts"]
-        return rewarded, {"reward/timeouts": timeouts, "reward/worker_restarts": self.restarts,
-                          "time/reward_s": time.monotonic() - started,
-                          **reward_stats(rewarded, prm_scores if "prm" in requests else None)}
+        return rewarded, prm_scores if "prm" in requests else None, timeouts
 
     def _score_shards(self, items: list, requests: dict, shards: list, timeout_s: float) -> list:
         """One answer per shard ((start, end), worker index); a worker that dies is restarted and its

@@ -7,12 +7,13 @@ finish reason and the policy version that produced it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from learner.weight_sync import shm_dir
 from orchestrator.types import Episode, Problem
@@ -56,6 +57,7 @@ class RolloutEngine:
 
         self.name = name
         self.policy_version = 0
+        self._streams = 0
         self.gauges = WorkerGauges("rollout", name)
         kwargs = dict(
             model=model_path,
@@ -80,44 +82,89 @@ class RolloutEngine:
         log.info("%s: loaded %s in %.1fs", name, model_path, time.time() - t0)
 
     # ----------------------------------------------------------------------------- generation
-    def generate(
-        self, requests: Sequence[tuple[int, Problem, Sequence[int]]], spec: SamplingSpec
-    ) -> tuple[list[Episode], dict]:
-        """Sample ``spec.n`` outputs for each (group_id, problem, prompt_token_ids); groups stay contiguous."""
-        from vllm import SamplingParams, TokensPrompt
+    def _sampling_params(self, spec: SamplingSpec):
+        from vllm import SamplingParams
 
-        params = SamplingParams(
+        return SamplingParams(
             n=spec.n,
             temperature=spec.temperature,
             top_p=spec.top_p,
             max_tokens=spec.max_new_tokens,
             logprobs=0,  # the sampled token's own logprob
         )
+
+    def _group(self, request: tuple[int, Problem, Sequence[int]], out) -> list[Episode]:
+        """The episodes of one finished vLLM request (its ``n`` samples of one question), in sample order."""
+        group_id, problem, prompt_ids = request
+        episodes = []
+        for sample in sorted(out.outputs, key=lambda s: s.index):
+            token_ids = tuple(sample.token_ids)
+            logprobs = tuple(float(step[tid].logprob) for step, tid in zip(sample.logprobs, token_ids))
+            episodes.append(Episode(
+                group_id=group_id, problem=problem, prompt_token_ids=tuple(prompt_ids), response_token_ids=token_ids,
+                sampler_logprobs=logprobs, response_text=sample.text, finish_reason=sample.finish_reason or "length",
+                policy_version=self.policy_version,
+            ))
+        return episodes
+
+    def generate(
+        self, requests: Sequence[tuple[int, Problem, Sequence[int]]], spec: SamplingSpec
+    ) -> tuple[list[Episode], dict]:
+        """Sample ``spec.n`` outputs for each (group_id, problem, prompt_token_ids); groups stay contiguous."""
+        from vllm import TokensPrompt
+
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for _, _, ids in requests]
         self.gauges.started(len(prompts) * spec.n)
         t0 = time.time()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, self._sampling_params(spec), use_tqdm=False)
         seconds = time.time() - t0
-        episodes: list[Episode] = []
-        for (group_id, problem, prompt_ids), out in zip(requests, outputs):
-            for sample in sorted(out.outputs, key=lambda s: s.index):
-                token_ids = tuple(sample.token_ids)
-                logprobs = tuple(float(step[tid].logprob) for step, tid in zip(sample.logprobs, token_ids))
-                episodes.append(
-                    Episode(
-                        group_id=group_id,
-                        problem=problem,
-                        prompt_token_ids=tuple(prompt_ids),
-                        response_token_ids=token_ids,
-                        sampler_logprobs=logprobs,
-                        response_text=sample.text,
-                        finish_reason=sample.finish_reason or "length",
-                        policy_version=self.policy_version,
-                    )
-                )
+        episodes = [e for request, out in zip(requests, outputs) for e in self._group(request, out)]
         tokens = sum(len(e.response_token_ids) for e in episodes)
         self.gauges.finished(tokens, seconds)
         return episodes, {"tokens": tokens, "seconds": seconds, "prompts": len(requests), "engine": self.name}
+
+    def generate_stream(
+        self, requests: Sequence[tuple[int, Problem, Sequence[int]]], spec: SamplingSpec, chunk_samples: int,
+        counts: Optional[Sequence[int]] = None,
+    ) -> Iterator[tuple[list[Episode], dict]]:
+        """``generate`` that hands over samples as they finish: yields (episodes, stats) each time
+        ``chunk_samples`` more samples are complete (a chunk may hold more; the last may hold fewer), so
+        the caller can score them while the rest are still decoding. ``counts[i]`` samples are drawn for
+        request i (default ``spec.n``). Each sample is its own vLLM request (what ``n`` > 1 fans out to
+        inside vLLM, so batching and prefix caching are the same), all added at once and run by the
+        engine's ``step`` loop, the loop ``LLM.generate`` runs. Within a group, samples come in the order
+        they finish. ``stats`` are cumulative. Closing the stream early aborts what is still decoding.
+        """
+        from vllm import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._sampling_params(dataclasses.replace(spec, n=1))
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        engine, ready, tokens = self.llm.llm_engine, [], 0
+        self._streams += 1
+        by_id = {f"{self.name}-stream{self._streams}-{k}-{j}": request for k, request in enumerate(requests)
+                 for j in range(counts[k] if counts is not None else spec.n)}
+        self.gauges.started(len(by_id))
+        t0 = time.time()
+        try:
+            for request_id, (_, _, ids) in by_id.items():
+                engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(ids)), params)
+            while by_id:
+                for out in engine.step():
+                    if out.finished and out.request_id in by_id:
+                        sample = self._group(by_id.pop(out.request_id), out)
+                        ready.extend(sample)
+                        tokens += sum(len(e.response_token_ids) for e in sample)
+                if ready and (len(ready) >= chunk_samples or not by_id):
+                    yield ready, {"tokens": tokens, "seconds": time.time() - t0, "prompts": len(requests),
+                                  "engine": self.name}
+                    ready = []
+                if by_id and not engine.has_unfinished_requests():
+                    raise RuntimeError(f"{self.name}: vLLM finished without answering requests {sorted(by_id)}")
+        finally:
+            if by_id:  # the caller stopped listening (or an error): drop what is still decoding
+                engine.abort_request(list(by_id), internal=False)
+        self.gauges.finished(tokens, time.time() - t0)
 
     def generate_text(self, prompts: Sequence[Sequence[int]], spec: SamplingSpec) -> list[list[str]]:
         """Plain texts for evaluation: ``spec.n`` completions per prompt (temperature 0 = greedy)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from typing import Callable, Optional, Sequence
 
 import ray
@@ -165,26 +166,85 @@ class RolloutGroup:
                     done.append((part, answer))
         return done
 
-    def generate(self, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]], n: int | None = None,
-                 max_new_tokens: int | None = None) -> tuple[list[Episode], dict]:
-        """G samples (or ``n``) for each problem; group i is problems[i]; questions sharded across engines."""
+    def _spec(self, n: int | None, max_new_tokens: int | None) -> SamplingSpec:
         rc = self.cfg.rollout
-        spec = SamplingSpec(n=n or rc.group_size, max_new_tokens=max_new_tokens or rc.max_new_tokens,
+        return SamplingSpec(n=n or rc.group_size, max_new_tokens=max_new_tokens or rc.max_new_tokens,
                             temperature=rc.temperature, top_p=rc.top_p)
+
+    def generate(self, problems: Sequence[Problem], prompt_ids: Sequence[Sequence[int]], n: int | None = None,
+                 max_new_tokens: int | None = None, on_chunk: Optional[Callable[[list[Episode]], None]] = None,
+                 chunk_samples: int = 0) -> tuple[list[Episode], dict]:
+        """G samples (or ``n``) for each problem; group i is problems[i]; questions sharded across engines.
+
+        With ``on_chunk``, engines stream samples as they finish (``RolloutEngine.generate_stream``) and
+        ``on_chunk(episodes)`` gets every ``chunk_samples`` finished samples of an engine while the rest
+        still decode (the driver starts scoring them). The return value is the same.
+        """
+        spec = self._spec(n, max_new_tokens)
         requests = [(i, p, tuple(ids)) for i, (p, ids) in enumerate(zip(problems, prompt_ids))]
         t0 = time.time()
         lost_before = len(self.lost)
-        results = self._spread("generate", requests, (spec,), "generation")
+        if on_chunk is None:
+            results = [(len(part) * spec.n, answer) for part, answer in self._spread("generate", requests, (spec,), "generation")]
+        else:
+            results = self._stream(requests, spec, max(1, chunk_samples), on_chunk)
         episodes: list[Episode] = []
         stats = {"time/generate_s": time.time() - t0, "rollout/num_engines": len(self.engines),
                  "rollout/engines_lost": len(self.lost) - lost_before}
-        for part, (eps, st) in results:
+        for sequences, (eps, st) in results:
             episodes.extend(eps)
             name = st.get("engine", "?")
             stats[f"worker/{name}/tokens_per_s"] = st["tokens"] / max(st["seconds"], 1e-9)
-            stats[f"worker/{name}/sequences"] = len(part) * spec.n
+            stats[f"worker/{name}/sequences"] = stats.get(f"worker/{name}/sequences", 0) + sequences
         episodes.sort(key=lambda e: e.group_id)  # stable: samples keep their order within a group
         return episodes, stats
+
+    def _stream(self, requests: list, spec: SamplingSpec, chunk_samples: int,
+                on_chunk: Callable[[list[Episode]], None]) -> list[tuple[int, tuple[list[Episode], dict]]]:
+        """Streaming twin of ``_spread("generate")``: chunks go to ``on_chunk`` as they arrive. The samples
+        an engine had not delivered when it died are drawn again on the survivors (and no others); a late
+        or failed engine raises RolloutError naming it. Returns [(samples, (episodes, last stats))] per call."""
+        results: list[tuple[int, tuple[list[Episode], dict]]] = []
+        todo = [(request, spec.n) for request in requests]
+        while todo:
+            names = self.names
+            if not names:
+                raise RolloutError(f"generation: no rollout engine is left ({', '.join(self.lost)} died)")
+            parts = {n: todo[a:b] for n, (a, b) in zip(names, shard_bounds(len(todo), len(names))) if b > a}
+            streams = {n: self.engines[n].generate_stream.remote([r for r, _ in part], spec, chunk_samples,
+                                                                 [c for _, c in part]) for n, part in parts.items()}
+            got: dict[str, list[Episode]] = {n: [] for n in streams}
+            last: dict[str, dict] = {n: {"tokens": 0, "seconds": 0.0, "engine": n} for n in streams}
+            todo = []
+            deadline = time.monotonic() + self.timeout_s
+            while streams:
+                ready, _ = ray.wait(list(streams.values()), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise RolloutError(f"generation: {', '.join(streams)} did not answer within {self.timeout_s:.1f}s")
+                name = next(n for n, s in streams.items() if s is ready[0])
+                try:
+                    eps, last[name] = ray.get(next(streams[name]))
+                except StopIteration:
+                    del streams[name]
+                    results.append((len(got[name]), (got[name], last[name])))
+                    continue
+                except ray.exceptions.RayActorError as err:
+                    del streams[name]
+                    delivered = Counter(e.group_id for e in got[name])
+                    redo = [(r, c - delivered[r[0]]) for r, c in parts[name] if c > delivered[r[0]]]
+                    self.lost.append(name)
+                    self._drop(name, f"died during generation ({err.__class__.__name__}); its "
+                                     f"{sum(c for _, c in redo)} undelivered samples are drawn on the other engines")
+                    todo.extend(redo)
+                    if got[name]:
+                        results.append((len(got[name]), (got[name], last[name])))
+                    continue
+                except ray.exceptions.RayTaskError as err:
+                    cause = err.cause if getattr(err, "cause", None) is not None else err
+                    raise RolloutError(f"generation: {name} failed: {cause}") from err
+                got[name].extend(eps)
+                on_chunk(eps)
+        return results
 
     def generate_text(self, prompt_ids: Sequence[Sequence[int]], spec: SamplingSpec) -> list[list[str]]:
         """Texts only (evaluation): ``spec.n`` completions per prompt, prompts sharded across engines."""

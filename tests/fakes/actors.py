@@ -2,6 +2,7 @@
 driver's and the pool's logic can be tested on a real Ray in seconds."""
 import json
 import os
+from dataclasses import replace
 
 from orchestrator.types import Episode
 
@@ -21,6 +22,22 @@ class FakeEngine:
                        policy_version=self.version)
                for g, p, ids in requests for _ in range(spec.n)]
         return eps, {"tokens": 2 * len(eps), "seconds": 0.01, "prompts": len(requests), "engine": self.name}
+
+    def generate_stream(self, requests, spec, chunk_samples, counts=None):
+        """Samples in chunks of ``chunk_samples``; after ``die_after_chunks(k)`` the engine dies at chunk k+1."""
+        import time
+
+        eps = [e for k, (g, p, ids) in enumerate(requests)
+               for e in self.generate([(g, p, ids)], replace(spec, n=counts[k] if counts else spec.n))[0]]
+        stats = {"tokens": 2 * len(eps), "seconds": 0.01, "prompts": len(requests), "engine": self.name}
+        for k, start in enumerate(range(0, len(eps), chunk_samples)):
+            if getattr(self, "chunks_before_death", None) == k:
+                time.sleep(0.5)  # let the chunks already yielded reach the caller
+                os._exit(1)
+            yield eps[start:start + chunk_samples], stats
+
+    def die_after_chunks(self, k):
+        self.chunks_before_death = k
 
     def generate_text_indexed(self, prompts, spec):
         return [(i, [f"{self.name}:{len(ids)}"] * spec.n) for i, ids in prompts]

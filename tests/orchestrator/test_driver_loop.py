@@ -84,3 +84,16 @@ def test_resume_continues_with_the_next_batch(fakes, tmp_path):
     assert _uids(samples) == _expected_uids(cfg, 4)
     assert seen == [[0], [1], [2], [3]]  # the learner's restored history continues without a gap
     assert [s for s, _ in list_checkpoints(str(tmp_path))] == [3, 4]
+
+
+def test_reward_overlap_gives_the_same_scored_batches_as_scoring_after_generation(fakes, tmp_path):
+    runs = {}
+    for chunk in (0, 1):  # 0: score the step after generation; 1: score each sample as it arrives
+        cfg = _cfg(fakes, tmp_path / f"overlap{chunk}", "total_steps=2", "output.checkpoint_every=0",
+                   f"reward.overlap_samples={chunk}")
+        records, samples, seen = _run(cfg)
+        ray.shutdown()
+        runs[chunk] = records, [(s["step"], s["uid"], s["reward"], s["response"]) for s in samples], seen
+        assert all(r["time/reward_wait_s"] <= r["time/step_s"] for r in records)
+    assert runs[1][1] == runs[0][1] and runs[1][2] == runs[0][2] == [[0], [1]]
+    assert [r["reward/mean"] for r in runs[1][0]] == [r["reward/mean"] for r in runs[0][0]]

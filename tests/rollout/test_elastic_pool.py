@@ -94,3 +94,28 @@ def test_no_engine_left_is_an_error_naming_them(pool):
         _kill(pool, name)
     with pytest.raises(RolloutError, match="no rollout engine is left"):
         pool.generate(*_problems(2))
+
+
+def test_streamed_chunks_reach_the_caller_and_a_dead_engine_redoes_only_what_it_had_not_delivered(pool):
+    problems, ids = _problems(9)  # 3 engines x 3 groups of 2 samples, chunks of 3 samples
+    ray.get(pool.engines["rollout-engine-1"].die_after_chunks.remote(1))
+    chunks = []
+    episodes, stats = pool.generate(problems, ids, on_chunk=chunks.append, chunk_samples=3)
+    assert [e.group_id for e in episodes] == [g for g in range(9) for _ in range(2)]
+    assert [e.problem.uid for e in episodes[::2]] == [p.uid for p in problems]
+    # every sample reached the caller exactly once, in chunks of at most 3
+    assert sorted(e.group_id for chunk in chunks for e in chunk) == [g for g in range(9) for _ in range(2)]
+    assert all(1 <= len(chunk) <= 3 for chunk in chunks)
+    # engine 1 held groups 3-5: it delivered at most its first chunk (group 3 and half of group 4) before
+    # dying; only the samples it had not delivered were drawn again, so group 4 may mix two engines
+    from_dead = [e.group_id for e in episodes if e.response_text == "rollout-engine-1"]
+    assert from_dead in ([], [3, 3, 4])
+    assert stats["rollout/engines_lost"] == 1 and "rollout-engine-1" not in pool.names
+    assert sum(v for k, v in stats.items() if k.endswith("/sequences")) == 18
+
+
+def test_streaming_without_a_live_engine_names_the_dead(pool):
+    for name in pool.names:
+        _kill(pool, name)
+    with pytest.raises(RolloutError, match="no rollout engine is left"):
+        pool.generate(*_problems(2), on_chunk=lambda chunk: None, chunk_samples=1)
