@@ -51,6 +51,7 @@ def test_parse_overrides_nests():
     (["output.keep_last=0"], "output.keep_last"),
     (["output.checkpoint_every=-1"], "output.checkpoint_every"),
     (["rollout.max_restarts=-1"], "rollout.max_restarts"),
+    (["reward.overlap_samples=-1"], "reward.overlap_samples"),
     (["algorithm.clip_eps=1.5"], "algorithm.clip_eps"),
     (["learner.zero_stage=4"], "learner.zero_stage"),
     (["data.task=poetry"], "data.task"),
