@@ -84,17 +84,19 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(ROOT, "docs/bench/step_breakdown.json"))
     p.add_argument("overrides", nargs="*", help="extra config overrides for every point")
     a = p.parse_args()
-    points = [(g, 1, []) for g in a.group_sizes] + [(a.base_group_size, w, []) for w in a.workers if w != 1]
+    points = [(g, 1, None) for g in a.group_sizes] + [(a.base_group_size, w, None) for w in a.workers if w != 1]
     if a.overlap:
-        points = [(g, 1, [f"reward.overlap_samples={k}"]) for g in a.group_sizes for k in a.overlap]
+        points = [(g, 1, k) for g in a.group_sizes for k in a.overlap]
     rows = []
-    for g, w, point_overrides in points:
-        rows.append(run_point(a.model, g, w, a.steps, a.questions, a.max_new_tokens, [*a.overrides, *point_overrides]))
-        rows[-1]["overlap_samples"] = int(point_overrides[0].split("=")[1]) if point_overrides else None
+    for g, w, overlap in points:
+        point = [f"reward.overlap_samples={overlap}"] if overlap is not None else []
+        rows.append(run_point(a.model, g, w, a.steps, a.questions, a.max_new_tokens, [*a.overrides, *point]))
+        rows[-1]["overlap_samples"] = overlap
         r = rows[-1]
-        print(f"G={g} engines={w} {' '.join(point_overrides)}: step {r['time/step_s']:.1f}s = gen "
-              f"{r['time/generate_s']:.1f} + reward {r['time/reward_s']:.1f} (scoring {r['time/reward_scoring_s']:.1f}) + learn {r['time/learn_s']:.1f} + sync {r['time/sync_s']:.1f} + other "
-              f"{r['time/other_s']:.1f}; {r['samples_per_s']:.2f} samples/s", flush=True)
+        print(f"G={g} engines={w} {' '.join(point)}: step {r['time/step_s']:.1f}s = gen {r['time/generate_s']:.1f} "
+              f"+ reward {r['time/reward_s']:.1f} (scoring {r['time/reward_scoring_s']:.1f}) + learn "
+              f"{r['time/learn_s']:.1f} + sync {r['time/sync_s']:.1f} + other {r['time/other_s']:.1f}; "
+              f"{r['samples_per_s']:.2f} samples/s", flush=True)
     save_result(a.out, {"rows": rows, "settings": vars(a)})
 
 
