@@ -125,6 +125,9 @@ class RewardConfig:
     """Process reward model (HF folder). None with prm_weight > 0: trained at start-up (Math-Shepherd labels)."""
     model_batch_size: int = 16
     """Sequences per forward pass when a reward worker scores with a reward model."""
+    model_dtype: str = "auto"
+    """Dtype reward workers score with: 'auto' (model.dtype, fp32 when that is 'auto': the workers run on
+    CPU), 'float32' or 'bfloat16' (about 2x faster on CPUs with AMX or AVX512-BF16)."""
     overlap_samples: int = 8
     """Score finished samples in chunks of this many while the engines still generate the rest of the step
     (0 = score the whole step after generation)."""
@@ -346,6 +349,8 @@ class TrainConfig:
             ("reward.prm_weight", self.reward.prm_weight == 0 or self.algorithm.supervision == "process",
              "needs algorithm.supervision='process' (a PRM scores steps)"),
             ("reward.model_batch_size", self.reward.model_batch_size >= 1, "must be >= 1"),
+            ("reward.model_dtype", self.reward.model_dtype in ("auto", "float32", "bfloat16"),
+             "must be 'auto', 'float32' or 'bfloat16'"),
             ("reward.overlap_samples", self.reward.overlap_samples >= 0, "must be >= 0"),
             ("reward_model.lr", self.reward_model.lr > 0, "must be > 0"),
             ("reward_model.epochs", self.reward_model.epochs >= 1, "must be >= 1"),

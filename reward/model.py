@@ -106,13 +106,15 @@ def step_values(values: torch.Tensor, ends: Sequence[Sequence[int]]) -> list[tor
 
 
 class RewardModel:
-    """A loaded reward model that scores (question, steps) pairs in batches; no Ray, no DeepSpeed."""
+    """A loaded reward model that scores (question, steps) pairs in batches; no Ray, no DeepSpeed.
+    ``dtype`` ('float32' or 'bfloat16') is what it computes in; scores come back as fp32 floats."""
 
     def __init__(self, path: str, kind: str, system_prompt: Optional[str] = None, max_prompt_tokens: int = 512,
-                 batch_size: int = 16, trust_remote_code: bool = False, version: int = 0):
+                 batch_size: int = 16, trust_remote_code: bool = False, version: int = 0, dtype: str = "float32"):
         self.path, self.kind, self.version = path, kind, version
         self.system_prompt, self.max_prompt_tokens, self.batch_size = system_prompt, max_prompt_tokens, batch_size
-        self.model, self.tokenizer = load_backbone(path, kind, trust_remote_code=trust_remote_code)
+        self.model, self.tokenizer = load_backbone(path, kind, dtype=getattr(torch, dtype),
+                                                   trust_remote_code=trust_remote_code)
         self.model.eval()
         self.pad_id = self.model.config.pad_token_id
 

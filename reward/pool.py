@@ -43,6 +43,14 @@ _STARTUP_TIMEOUT_S = 300.0
 """Deadline for starting a verifier process and importing the parsers (not a sample's time)."""
 
 
+def reward_model_dtype(cfg: "TrainConfig") -> str:
+    """``reward.model_dtype`` resolved: 'auto' follows ``model.dtype``; when that is 'auto' too, fp32
+    (reward workers run on CPU, where 'auto' means fp32 for the policy as well)."""
+    if cfg.reward.model_dtype != "auto":
+        return cfg.reward.model_dtype
+    return cfg.model.dtype if cfg.model.dtype != "auto" else "float32"
+
+
 class RewardError(RuntimeError):
     """Scoring failed for a reason other than a wrong answer; the message names the sample or worker."""
 
@@ -315,7 +323,8 @@ class RewardPool:
             weights=RewardWeights(rc.rule_weight, rc.orm_weight, rc.prm_weight),
             models=models,
             model_opts={"system_prompt": cfg.data.system_prompt, "max_prompt_tokens": cfg.data.max_prompt_tokens,
-                        "batch_size": rc.model_batch_size, "trust_remote_code": cfg.model.trust_remote_code},
+                        "batch_size": rc.model_batch_size, "trust_remote_code": cfg.model.trust_remote_code,
+                        "dtype": reward_model_dtype(cfg)},
             resources=rc.resources, max_restarts=rc.max_restarts,
             placement_timeout_s=cfg.resources.placement_timeout_s,
         )
