@@ -37,6 +37,35 @@ def _max_gap(a, b):
     return max(abs(x - y) for x, y in zip(a, b))
 
 
+def test_streamed_samples_equal_a_batched_generate(actors):
+    """The streaming path hands over samples as they finish, with the same tokens and logprobs as
+    ``generate`` (greedy, so both are deterministic), and cumulative token counts."""
+    from orchestrator.data import encode_prompts
+    from rollout.engine import SamplingSpec
+    from transformers import AutoTokenizer
+
+    cfg, engine, _ = actors
+    tok = AutoTokenizer.from_pretrained(cfg.model.path)
+    problems = [Problem(uid=f"s:{a}", question=f"What is {a} + {a + 1}? Give only the final number.", gold=str(2 * a + 1),
+                        task="arithmetic") for a in range(2)]
+    problems.append(Problem(uid="s:long", question="Describe the sea in three long sentences.", gold="0", task="arithmetic"))
+    requests = [(g, p, ids) for g, (p, ids) in enumerate(zip(problems, encode_prompts(tok, problems, None, 256)))]
+    spec = SamplingSpec(n=1, max_new_tokens=12, temperature=0.0)  # greedy allows one sample per question
+    batched, _ = ray.get(engine.generate.remote(requests, spec), timeout=300)
+    chunks = [ray.get(ref, timeout=300) for ref in engine.generate_stream.remote(requests, spec, 1)]
+    # the initial model answers the sums in a few tokens and the description runs to the limit: the
+    # sums reach the caller in earlier chunks (this test runs before any update changes the answers)
+    lengths = {e.group_id: len(e.response_token_ids) for e in batched}
+    assert lengths[2] == 12 and max(lengths[0], lengths[1]) < 12, lengths
+    assert len(chunks) >= 2 and [e.group_id for e in chunks[-1][0]] == [2]
+    streamed = sorted((e for eps, _ in chunks for e in eps), key=lambda e: e.group_id)
+    assert [(e.group_id, e.response_token_ids) for e in streamed] == [(e.group_id, e.response_token_ids) for e in batched]
+    assert _max_gap([lp for e in streamed for lp in e.sampler_logprobs],
+                    [lp for e in batched for lp in e.sampler_logprobs]) < LOGPROB_TOL
+    tokens = [stats["tokens"] for _, stats in chunks]
+    assert tokens == sorted(tokens) and tokens[-1] == sum(len(e.response_token_ids) for e in batched)
+
+
 def test_sync_makes_engine_match_learner(actors):
     from orchestrator.data import encode_prompts
     from rollout.engine import SamplingSpec
@@ -101,28 +130,3 @@ def test_sync_makes_engine_match_learner(actors):
     ray.get(learner.remove_weights_file.remote())
     assert not os.path.exists(path)
 
-
-def test_streamed_groups_equal_a_batched_generate(actors):
-    """The streaming path hands over samples as they finish, with the same tokens and logprobs as
-    ``generate`` (greedy, so both are deterministic), and cumulative token counts."""
-    from orchestrator.data import encode_prompts
-    from rollout.engine import SamplingSpec
-    from transformers import AutoTokenizer
-
-    cfg, engine, _ = actors
-    tok = AutoTokenizer.from_pretrained(cfg.model.path)
-    problems = [Problem(uid=f"s:{a}", question=f"What is {a} + {a + 1}? Give only the final number.", gold=str(2 * a + 1),
-                        task="arithmetic") for a in range(2)]
-    problems.append(Problem(uid="s:long", question="Describe the sea in three long sentences.", gold="0", task="arithmetic"))
-    requests = [(g, p, ids) for g, (p, ids) in enumerate(zip(problems, encode_prompts(tok, problems, None, 256)))]
-    spec = SamplingSpec(n=1, max_new_tokens=12, temperature=0.0)  # greedy allows one sample per question
-    batched, _ = ray.get(engine.generate.remote(requests, spec), timeout=300)
-    chunks = [ray.get(ref, timeout=300) for ref in engine.generate_stream.remote(requests, spec, 1)]
-    # the short answers end many tokens before the long one: it comes in a later chunk
-    assert len(chunks) >= 2 and [e.group_id for e in chunks[-1][0]] == [2]
-    streamed = sorted((e for eps, _ in chunks for e in eps), key=lambda e: e.group_id)
-    assert [(e.group_id, e.response_token_ids) for e in streamed] == [(e.group_id, e.response_token_ids) for e in batched]
-    assert _max_gap([lp for e in streamed for lp in e.sampler_logprobs],
-                    [lp for e in batched for lp in e.sampler_logprobs]) < LOGPROB_TOL
-    tokens = [stats["tokens"] for _, stats in chunks]
-    assert tokens == sorted(tokens) and tokens[-1] == sum(len(e.response_token_ids) for e in batched)
