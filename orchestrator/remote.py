@@ -29,6 +29,13 @@ class ActorDied:
         return f"ActorDied({self.name})"
 
 
+def task_failure(what: str, name: str, err: BaseException, error_cls: type = RuntimeError) -> BaseException:
+    """``error_cls`` naming the actor whose call raised ``err`` (a RayTaskError), with the actor's own
+    exception as the message rather than Ray's wrapper."""
+    cause = err.cause if getattr(err, "cause", None) is not None else err
+    return error_cls(f"{what}: {name} failed: {cause}")
+
+
 def gather_tolerating_deaths(calls: Sequence[tuple[str, "object"]], timeout_s: float, what: str,
                              error_cls: type = RuntimeError) -> list:
     """ray.get every (actor name, ObjectRef) under one deadline. An actor that died answers
@@ -51,8 +58,7 @@ def gather_tolerating_deaths(calls: Sequence[tuple[str, "object"]], timeout_s: f
         except ray.exceptions.RayActorError as err:
             values.append(ActorDied(name, err))
         except ray.exceptions.RayTaskError as err:
-            cause = err.cause if getattr(err, "cause", None) is not None else err
-            raise error_cls(f"{what}: {name} failed: {cause}") from err
+            raise task_failure(what, name, err, error_cls) from err
     return values
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import ray
 
 from orchestrator.placement import actor_options, engine_bundle, place, release, scheduling
-from orchestrator.remote import ActorDied, gather, gather_tolerating_deaths, shard_bounds
+from orchestrator.remote import ActorDied, gather, gather_tolerating_deaths, shard_bounds, task_failure
 from orchestrator.types import Episode, Problem
 from rollout.engine import RolloutEngine, SamplingSpec
 
@@ -240,8 +240,7 @@ class RolloutGroup:
                         results.append((len(got[name]), (got[name], last[name])))
                     continue
                 except ray.exceptions.RayTaskError as err:
-                    cause = err.cause if getattr(err, "cause", None) is not None else err
-                    raise RolloutError(f"generation: {name} failed: {cause}") from err
+                    raise task_failure("generation", name, err, RolloutError) from err
                 got[name].extend(eps)
                 on_chunk(eps)
         return results
