@@ -192,6 +192,19 @@ def main() -> None:
                   f"{r['time/reward_scoring_s']:.1f} | {r['time/learn_s']:.1f} | {r['samples_per_s']:.2f} |"
                   for r in overlap["rows"]]
         lines += [""]
+    reference = load("reference_overlap")
+    if reference:
+        lines += ["## Reference logprobs during generation", "", f"`{reference['command']}`", "",
+                  "bf16, G=8, Q=4, one engine, rule rewards. With `learner.reference_overlap=true` the learner computes "
+                  "the reference logprobs of each chunk of finished samples while the engine decodes the rest; "
+                  "`reference wait` is what is left of it after generation, `computed` its total time, `in update` "
+                  "the reference pass left inside learning.", "",
+                  "| variant | step s | generation | reference wait | computed | learning | in update | samples/s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['point'] or 'defaults'} | {r['time/step_s']:.1f} | {r['time/generate_s']:.1f} | "
+                  f"{r['time/reference_wait_s']:.1f} | {r['time/reference_overlap_s']:.1f} | {r['time/learn_s']:.1f} | "
+                  f"{r['time/learner_ref_s']:.1f} | {r['samples_per_s']:.2f} |" for r in reference["rows"]]
+        lines += [""]
     if summary:
         table = ["## Targets", "", "| what | measured | target | |", "|---|---|---|---|"]
         for name, value, target in summary:

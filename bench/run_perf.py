@@ -34,6 +34,10 @@ BENCHES = {
     "reward_overlap": ["bench/step_breakdown.py", "--group-sizes", "8", "--overlap", "0", "8", "--steps", "3",
                        "--out", "docs/bench/reward_overlap.json", "model.dtype=bfloat16", "reward.rule_weight=0",
                        "reward.orm_weight=1.0", "reward.orm_path=models/SmolLM2-135M-Instruct"],
+    # the learner's reference pass during generation vs in its update (same cores here)
+    "reference_overlap": ["bench/step_breakdown.py", "--group-sizes", "8", "--steps", "5", "--compare",
+                          "learner.reference_overlap=false", "learner.reference_overlap=true",
+                          "--out", "docs/bench/reference_overlap.json", "model.dtype=bfloat16", "rollout.dtype=bfloat16"],
 }
 
 

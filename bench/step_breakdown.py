@@ -4,7 +4,8 @@ grows with the group size G and with the number of rollout engines.
     python bench/step_breakdown.py --group-sizes 4 8 16 --workers 1 2 --out docs/bench/step_breakdown.json
 
 ``--overlap 0 8`` instead compares reward scoring after generation (0) with scoring chunks of 8
-finished samples during generation (``reward.overlap_samples``), at G=``--group-sizes`` on one engine.
+finished samples during generation (``reward.overlap_samples``), at G=``--group-sizes`` on one engine;
+``--compare "learner.reference_overlap=false" ""`` compares any sets of overrides the same way.
 
 Each point is a real run (local Ray, vLLM engines, reward workers, DeepSpeed learner) of
 ``--steps`` steps on the tiny model; the first step is dropped (warm-up) and the rest averaged.
@@ -23,7 +24,8 @@ sys.path.insert(0, ROOT)
 
 from bench.results import save_result  # noqa: E402
 
-PHASES = ("time/generate_s", "time/reward_s", "time/learn_s", "time/sync_s")
+PHASES = ("time/generate_s", "time/reward_s", "time/reference_wait_s", "time/learn_s", "time/sync_s")
+HIDDEN = ("time/reward_scoring_s", "time/reference_overlap_s", "time/learner_ref_s")
 
 
 def breakdown(records: list[dict]) -> dict:
@@ -31,10 +33,13 @@ def breakdown(records: list[dict]) -> dict:
 
     The reward phase is the time a step waits for rewards after generation (``time/reward_wait_s``);
     scoring that ran during generation (``reward.overlap_samples``) is hidden inside the generation
-    phase and reported apart as ``time/reward_scoring_s``."""
-    records = [{**r, "time/reward_s": r.get("time/reward_wait_s", r["time/reward_s"]),
+    phase and reported apart as ``time/reward_scoring_s``. Likewise the reference phase is the wait for
+    reference logprobs computed during generation (``learner.reference_overlap``), their compute time
+    ``time/reference_overlap_s``; ``time/learner_ref_s`` is the reference time left inside learning."""
+    records = [{"time/reference_wait_s": 0.0, "time/reference_overlap_s": 0.0, "time/learner_ref_s": 0.0, **r,
+                "time/reward_s": r.get("time/reward_wait_s", r["time/reward_s"]),
                 "time/reward_scoring_s": r["time/reward_s"]} for r in records]
-    out = {k: statistics.fmean(r[k] for r in records) for k in (*PHASES, "time/step_s", "time/reward_scoring_s")}
+    out = {k: statistics.fmean(r[k] for r in records) for k in (*PHASES, "time/step_s", *HIDDEN)}
     out["time/other_s"] = max(0.0, out["time/step_s"] - sum(out[k] for k in PHASES))
     out["tokens_per_s"] = statistics.fmean(r["rollout/tokens_per_s"] for r in records)
     out["response_length"] = statistics.fmean(r["response/length_mean"] for r in records)
@@ -81,22 +86,28 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--overlap", type=int, nargs="+", help="reward.overlap_samples values to compare (one engine)")
+    p.add_argument("--compare", nargs="+", metavar="OVERRIDES",
+                   help="sets of overrides to compare (one engine), each one quoted string; \"\" = none")
     p.add_argument("--out", default=os.path.join(ROOT, "docs/bench/step_breakdown.json"))
     p.add_argument("overrides", nargs="*", help="extra config overrides for every point")
     a = p.parse_args()
     points = [(g, 1, None) for g in a.group_sizes] + [(a.base_group_size, w, None) for w in a.workers if w != 1]
     if a.overlap:
         points = [(g, 1, k) for g in a.group_sizes for k in a.overlap]
+    if a.compare:
+        points = [(g, 1, c) for g in a.group_sizes for c in a.compare]
     rows = []
-    for g, w, overlap in points:
-        point = [f"reward.overlap_samples={overlap}"] if overlap is not None else []
+    for g, w, variant in points:
+        point = variant.split() if isinstance(variant, str) else [f"reward.overlap_samples={variant}"] if variant is not None else []
         rows.append(run_point(a.model, g, w, a.steps, a.questions, a.max_new_tokens, [*a.overrides, *point]))
-        rows[-1]["overlap_samples"] = overlap
+        rows[-1]["overlap_samples"] = variant if isinstance(variant, int) else None
+        rows[-1]["point"] = " ".join(point)
         r = rows[-1]
         print(f"G={g} engines={w} {' '.join(point)}: step {r['time/step_s']:.1f}s = gen {r['time/generate_s']:.1f} "
-              f"+ reward {r['time/reward_s']:.1f} (scoring {r['time/reward_scoring_s']:.1f}) + learn "
-              f"{r['time/learn_s']:.1f} + sync {r['time/sync_s']:.1f} + other {r['time/other_s']:.1f}; "
-              f"{r['samples_per_s']:.2f} samples/s", flush=True)
+              f"+ reward {r['time/reward_s']:.1f} (scoring {r['time/reward_scoring_s']:.1f}) + reference "
+              f"{r['time/reference_wait_s']:.1f} (computed {r['time/reference_overlap_s']:.1f}) + learn "
+              f"{r['time/learn_s']:.1f} (reference {r['time/learner_ref_s']:.1f}) + sync {r['time/sync_s']:.1f} "
+              f"+ other {r['time/other_s']:.1f}; {r['samples_per_s']:.2f} samples/s", flush=True)
     save_result(a.out, {"rows": rows, "settings": vars(a)})
 
 

@@ -93,6 +93,11 @@ class LearnerWorker:
         batch.validate()
         return self.trainer.train_step(self._collate(batch), step, batch.group_size)
 
+    def precompute_reference(self, episodes: list) -> float:
+        """Reference logprobs of finished samples of the coming step, computed while the engines generate the
+        rest; ``train_step`` uses them instead of its own reference pass. Returns the seconds it took."""
+        return self.trainer.precompute_reference(collate(episodes, pad_token_id=self.trainer.pad_id))
+
     def sequence_logprobs(self, batch: Batch, reference: bool = False) -> list[list[float]]:
         """Per episode, the learner's logprob of each response token (for agreement checks and tests)."""
         tb = self._collate(batch)
@@ -141,7 +146,8 @@ class LearnerWorker:
         """GPU path: one NCCL group per engine (``engines``: name -> handle); callable again for engines
         that join later."""
         if self.nccl is None:
-            self.nccl = NcclWeightSender(self.trainer.engine.module, getattr(torch, dtype))
+            self.nccl = NcclWeightSender(self.trainer.engine.module, getattr(torch, dtype),
+                                         self.trainer.cfg.resources.weight_sync_bucket_mb)
         for name, handle in engines.items():
             self.nccl.add(name, handle, tp)
 

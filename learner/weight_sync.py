@@ -13,8 +13,10 @@ Three paths, chosen by ``resources.weight_sync``:
   the object transfer protocol across nodes). Each engine writes it to /dev/shm and reloads it in
   every vLLM worker through ``worker_extension_cls`` / ``collective_rpc``.
 * ``nccl`` (GPU): vLLM's own weight-transfer engine (``vllm.distributed.weight_transfer``). The
-  learner (rank 0 of a NCCL group) broadcasts each parameter straight from GPU memory to the workers
-  of one engine; there is one group per engine because each engine numbers its workers from 0.
+  learner (rank 0 of a NCCL group) packs parameters, straight from GPU memory, into buckets of
+  ``resources.weight_sync_bucket_mb`` and broadcasts them to the workers of one engine, packing the
+  next bucket while the last one is on the wire; there is one group per engine because each engine
+  numbers its workers from 0.
 """
 from __future__ import annotations
 
@@ -149,8 +151,9 @@ class NcclWeightSender:
     """Learner side of the GPU path: one vLLM NCCL trainer engine per rollout engine, by engine name,
     so engines can join (``add``) and leave (``remove``) a running job."""
 
-    def __init__(self, module: torch.nn.Module, dtype: torch.dtype):
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype, bucket_mb: int = 256):
         self.source = GatheredModuleSource(module, dtype)
+        self.bucket_bytes = bucket_mb * 2**20
         self.senders: dict = {}
 
     def add(self, name: str, handle, tp: int) -> None:
@@ -158,7 +161,8 @@ class NcclWeightSender:
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
         address = socket.gethostbyname(socket.gethostname())
-        info = NCCLTrainerInitInfo(master_address=address, master_port=free_port(), world_size=1 + tp)
+        info = NCCLTrainerInitInfo(master_address=address, master_port=free_port(), world_size=1 + tp, rank=0,
+                                   packed=True, packed_buffer_size_bytes=self.bucket_bytes, packed_num_buffers=2)
         client = RayVLLMWeightSyncClient(handle)
         self.senders[name] = NCCLTrainerWeightTransferEngine.trainer_init(info, client=client, source=self.source)
 

@@ -233,6 +233,12 @@ class LearnerConfig:
     """Attention kernel of the policy and reference: 'sdpa', 'eager', 'flash_attention_2' (GPU) or 'auto'. 'auto'
     keeps transformers' default (sdpa) on GPU; on CPU it picks eager for micro-batches up to 384 tokens wide and
     sdpa above, per micro-batch (eager fwd+bwd was 20% faster at 130 tokens, sdpa 10% faster at 600)."""
+    reference_overlap: Optional[bool] = None
+    """Compute the reference model's logprobs of each chunk of finished samples (``reward.overlap_samples``)
+    during generation, while the learner waits, instead of at the start of its update (same values).
+    None (default): on when the learner has a GPU of its own; off on CPU, where the engines decode on the
+    same cores and lose more than the learner gains (measured in docs/benchmarks.md). Batches prefetched
+    under off_policy_lag=1 are never streamed, so they get no precomputed rows."""
     resources: dict = field(default_factory=dict)
     """Custom Ray resources for the learner (and the reward-model learners), e.g. {learner_node: 1}."""
 
@@ -247,6 +253,10 @@ class ResourcesConfig:
     """Weight transfer to engines: 'shm' (the learner writes the weights once into shared memory; engines on
     its node reload them from there, others get them through the object store), 'file' (every engine through
     the object store), 'nccl' (GPU broadcast) or 'auto' (nccl when learner and engines have GPUs, else shm)."""
+    weight_sync_bucket_mb: int = 256
+    """nccl: weights are packed into buckets of this size and broadcast bucket by bucket, two buffers in
+    flight (vLLM's packed transfer), so a sync holds 2 buckets of extra GPU memory on each side instead of
+    a copy of the model."""
     timeout_s: float = 1800.0
     """Deadline for any remote call (generation, scoring, a learner step, a sync); a late actor is named in the error."""
     placement_timeout_s: float = 120.0
@@ -393,6 +403,7 @@ class TrainConfig:
              f"must be one of {ATTN_IMPLEMENTATIONS}"),
             ("model.dtype", self.model.dtype in ("auto", "float32", "bfloat16"), "must be 'auto', 'float32' or 'bfloat16'"),
             ("rollout.dtype", self.rollout.dtype in ("auto", "float32", "bfloat16"), "must be 'auto', 'float32' or 'bfloat16'"),
+            ("resources.weight_sync_bucket_mb", self.resources.weight_sync_bucket_mb >= 1, "must be >= 1"),
             ("resources.weight_sync", self.resources.weight_sync in ("auto", "shm", "file", "nccl"),
              "must be 'auto', 'shm', 'file' or 'nccl'"),
             ("resources.timeout_s", self.resources.timeout_s > 0, "must be > 0"),

@@ -16,7 +16,7 @@ import logging
 import os
 import statistics
 import time
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import yaml
 
@@ -106,6 +106,13 @@ def step_metrics(episodes: list[Episode], group_size: int) -> dict:
         "response/length_max": max(lengths),
         "response/truncated_frac": statistics.fmean(float(e.finish_reason == "length") for e in episodes),
     }
+
+
+def reference_overlap(cfg: TrainConfig) -> bool:
+    """Whether the learner computes reference logprobs of streamed chunks during generation
+    (``learner.reference_overlap``; unset: when it has a GPU of its own). Never without a KL term."""
+    overlap = cfg.learner.reference_overlap
+    return cfg.algorithm.kl_coef > 0 and (overlap if overlap is not None else cfg.learner.num_gpus > 0)
 
 
 class Trainer:
@@ -314,42 +321,57 @@ class Trainer:
     def _generate(self, problems: list) -> tuple[list[Episode], dict]:
         return self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems])
 
-    def _segment(self, episodes) -> Optional[list]:
-        """Reasoning steps of each response (process supervision), else None."""
+    def _segmenter(self) -> Optional[Callable[[Sequence[Episode]], list]]:
+        """What splits responses into reasoning steps under process supervision (else None)."""
         from reward.process import segment
 
         if self.cfg.algorithm.supervision != "process":
             return None
-        return segment(episodes, self.tokenizer, self.cfg.algorithm.step_separator)
+        return lambda episodes: segment(episodes, self.tokenizer, self.cfg.algorithm.step_separator)
 
     def _score(self, episodes: list) -> tuple[list[Episode], Optional[list], dict]:
         """Score a whole step's episodes at once (after generation)."""
-        steps = self._segment(episodes)
+        segment = self._segmenter()
+        steps = segment(episodes) if segment is not None else None
         episodes, rew = self.rewards.score(episodes, self.cfg.resources.timeout_s, steps)
         rew["time/reward_wait_s"] = rew["time/reward_s"]
         return episodes, steps, rew
 
     def _generate_scored(self, problems: list) -> tuple[list[Episode], Optional[list], dict, dict]:
         """Generate a step and score it: with ``reward.overlap_samples`` > 0, chunks of finished samples are
-        scored while the engines still decode the rest (``reward.overlap``)."""
+        scored while the engines still decode the rest (``reward.overlap``), and the learner, idle until the
+        update, computes their reference logprobs meanwhile (``learner.reference_overlap``)."""
+        from orchestrator.remote import gather
         from reward.overlap import ChunkScorer
 
-        chunk = self.cfg.reward.overlap_samples
+        cfg = self.cfg
+        chunk = cfg.reward.overlap_samples
         if not chunk:
             episodes, gen = self._generate(problems)
             episodes, steps, rew = self._score(episodes)
             return episodes, steps, gen, rew
-        scorer = ChunkScorer(self.rewards, self.cfg.resources.timeout_s,
-                             self._segment if self.cfg.algorithm.supervision == "process" else None)
+        scorer = ChunkScorer(self.rewards, cfg.resources.timeout_s, self._segmenter())
+        precompute, reference = reference_overlap(cfg), []  # the learner's precompute_reference calls, one per chunk
+
+        def on_chunk(episodes: list[Episode]) -> None:
+            scorer.submit(episodes)
+            if precompute:
+                reference.append(("learner", self.learner.precompute_reference.remote(episodes)))
+
         try:
             generated, gen = self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems],
-                                                   on_chunk=scorer.submit, chunk_samples=chunk)
+                                                   on_chunk=on_chunk, chunk_samples=chunk)
         except BaseException:
             scorer.close()
             raise
+        generated_at = time.time()
         episodes, steps, rew = scorer.result()
         if [e.group_id for e in episodes] != [e.group_id for e in generated]:
             raise TrainingError(f"reward overlap: {len(episodes)} episodes scored for {len(generated)} generated")
+        if reference:
+            seconds = gather(reference, cfg.resources.timeout_s, "reference logprobs during generation", TrainingError)
+            gen["time/reference_overlap_s"] = sum(seconds)
+            gen["time/reference_wait_s"] = time.time() - generated_at
         return episodes, steps, gen, rew
 
     # -------------------------------------------------------------------- checkpoints

@@ -23,7 +23,7 @@ def test_train_two_steps_moves_weights_and_reaches_engines(tiny_model, tmp_path)
     out = tmp_path / "run"
     proc = _grpo("train", "-c", "configs/tiny_cpu.yaml", f"model.path={tiny_model}", f"output.dir={out}",
                  "total_steps=2", "data.questions_per_step=2", "rollout.max_new_tokens=12", "learner.lr=1e-4", "output.checkpoint_every=0",
-                 "eval.every_steps=2", "eval.num_questions=8", "eval.samples=2")
+                 "eval.every_steps=2", "eval.num_questions=8", "eval.samples=2", "learner.reference_overlap=true")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "[step 2/2]" in proc.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -35,6 +35,9 @@ def test_train_two_steps_moves_weights_and_reaches_engines(tiny_model, tmp_path)
     assert records[0]["loss/kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: policy == reference
     assert records[1]["loss/kl"] > 0  # step 2 samples come from the updated policy
     assert [r["rollout/engine_version_min"] for r in records] == [1, 2]  # engines got every update
+    # the learner scored every sample with the reference during generation, not in its update
+    assert [r["learner/reference_precomputed_frac"] for r in records] == [1.0, 1.0]
+    assert all(r["time/reference_overlap_s"] > 0 for r in records)
     # periodic evaluation through the engines, after step 2's sync: metrics plus a per-question file
     assert "eval/accuracy" not in records[0]
     assert records[1]["eval/n"] == 8 and 0.0 <= records[1]["eval/accuracy"] <= 1.0

@@ -97,3 +97,34 @@ def test_reward_overlap_gives_the_same_scored_batches_as_scoring_after_generatio
         assert all(r["time/reward_wait_s"] <= r["time/step_s"] for r in records)
     assert runs[1][1] == runs[0][1] and runs[1][2] == runs[0][2] == [[0], [1]]
     assert [r["reward/mean"] for r in runs[1][0]] == [r["reward/mean"] for r in runs[0][0]]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (("learner.reference_overlap=true",), [4, 4]),  # every sample's reference logprobs precomputed
+    ((), [0, 0]),  # default on a CPU learner: off
+    (("learner.reference_overlap=true", "reward.overlap_samples=0"), [0, 0]),  # no chunks streamed
+    (("learner.reference_overlap=true", "algorithm.kl_coef=0"), [0, 0]),  # no reference term
+    (("learner.reference_overlap=true", "algorithm.off_policy_lag=1", "algorithm.old_logprobs=sampler"),
+     [4, 0]),  # step 2 was prefetched whole
+])
+def test_reference_logprobs_are_requested_per_chunk_during_generation(fakes, tmp_path, overrides, expected):
+    cfg = _cfg(fakes, tmp_path, "total_steps=2", "output.checkpoint_every=0", "reward.overlap_samples=1", *overrides)
+    trainer = Trainer(cfg)
+    try:
+        trainer.train()
+        precomputed = ray.get(trainer.learner.precomputed_counts.remote())
+    finally:
+        trainer.shutdown()
+    assert precomputed == expected
+    records = [json.loads(line) for line in open(f"{cfg.output.dir}/metrics.jsonl")]
+    assert [("time/reference_wait_s" in r) for r in records] == [n > 0 for n in expected]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ((), False), (("learner.num_gpus=1",), True), (("learner.num_gpus=1", "learner.reference_overlap=false"), False),
+    (("learner.reference_overlap=true",), True), (("learner.num_gpus=1", "algorithm.kl_coef=0"), False),
+])
+def test_reference_overlap_default_follows_the_learner_device(overrides, expected):
+    from orchestrator.driver import reference_overlap
+
+    assert reference_overlap(load_config("configs/tiny_cpu.yaml", list(overrides))) is expected
