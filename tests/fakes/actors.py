@@ -67,7 +67,7 @@ class FakeLearner:
 
     def __init__(self, cfg, batch_size, *args, **kwargs):
         self.version, self.seen = 0, []
-        self.pending, self.precomputed = 0, []  # per train_step: samples precompute_reference got before it
+        self.pending = 0  # samples precompute_reference got since the last train_step
 
     def precompute_reference(self, episodes):
         self.pending += len(episodes)
@@ -79,16 +79,13 @@ class FakeLearner:
     def train_step(self, batch, step):
         batch.validate()
         self.seen.append(sorted({e.policy_version for e in batch.episodes}))
-        self.precomputed.append(self.pending)
-        self.pending = 0
+        precomputed, self.pending = self.pending / len(batch.episodes), 0
         self.version += 1
-        return {"time/learn_s": 0.0, "loss/kl": 0.0, "loss/loss": 0.0, "rollout/logprob_abs_diff": 0.0}
+        return {"time/learn_s": 0.0, "loss/kl": 0.0, "loss/loss": 0.0, "rollout/logprob_abs_diff": 0.0,
+                "learner/reference_precomputed_frac": precomputed}
 
     def batches_seen(self):
         return self.seen
-
-    def precomputed_counts(self):
-        return self.precomputed
 
     def export_weights_blob(self, dtype):
         return b"weights"

@@ -19,12 +19,18 @@ def _compute(model):
     return compute, calls
 
 
-def test_chunks_computed_ahead_equal_the_whole_batch_computed_at_once():
-    model = _tiny_model().eval()
+def _setup():
+    """8 episodes, their batch, a counting compute over a tiny model, the batch's logprobs computed at once."""
     episodes = _episodes(n=8)
     batch = collate(episodes)
-    compute, calls = _compute(model)
+    compute, calls = _compute(_tiny_model().eval())
     expected = compute(batch) * batch.response_mask
+    calls.clear()
+    return episodes, batch, compute, calls, expected
+
+
+def test_chunks_computed_ahead_equal_the_whole_batch_computed_at_once():
+    episodes, batch, compute, calls, expected = _setup()
     cache = ReferenceCache()
     for chunk in (episodes[5:], episodes[:2], episodes[2:5]):  # arrival order is not batch order
         part = collate(chunk)
@@ -39,11 +45,7 @@ def test_chunks_computed_ahead_equal_the_whole_batch_computed_at_once():
 
 
 def test_missing_rows_are_computed_and_placed_at_their_positions():
-    model = _tiny_model().eval()
-    episodes = _episodes(n=8)
-    batch = collate(episodes)
-    compute, calls = _compute(model)
-    expected = compute(batch) * batch.response_mask
+    episodes, batch, compute, calls, expected = _setup()
     cache = ReferenceCache()
     part = collate(episodes[1:4])
     cache.store(part, compute(part), version=0)

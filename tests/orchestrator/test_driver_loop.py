@@ -100,25 +100,18 @@ def test_reward_overlap_gives_the_same_scored_batches_as_scoring_after_generatio
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (("learner.reference_overlap=true",), [4, 4]),  # every sample's reference logprobs precomputed
-    ((), [0, 0]),  # default on a CPU learner: off
-    (("learner.reference_overlap=true", "reward.overlap_samples=0"), [0, 0]),  # no chunks streamed
-    (("learner.reference_overlap=true", "algorithm.kl_coef=0"), [0, 0]),  # no reference term
+    (("learner.reference_overlap=true",), [1.0, 1.0]),  # every sample's reference logprobs precomputed
+    ((), [0.0, 0.0]),  # default on a CPU learner: off
+    (("learner.reference_overlap=true", "reward.overlap_samples=0"), [0.0, 0.0]),  # no chunks streamed
+    (("learner.reference_overlap=true", "algorithm.kl_coef=0"), [0.0, 0.0]),  # no reference term
     (("learner.reference_overlap=true", "algorithm.off_policy_lag=1", "algorithm.old_logprobs=sampler"),
-     [4, 0]),  # step 2 was prefetched whole
+     [1.0, 0.0]),  # step 2 was prefetched whole
 ])
 def test_reference_logprobs_are_requested_per_chunk_during_generation(fakes, tmp_path, overrides, expected):
     cfg = _cfg(fakes, tmp_path, "total_steps=2", "output.checkpoint_every=0", "reward.overlap_samples=1", *overrides)
-    trainer = Trainer(cfg)
-    try:
-        trainer.train()
-        precomputed = ray.get(trainer.learner.precomputed_counts.remote())
-    finally:
-        trainer.shutdown()
-    assert precomputed == expected
-    records = [json.loads(line) for line in open(f"{cfg.output.dir}/metrics.jsonl")]
-    assert [("time/reference_wait_s" in r) for r in records] == [n > 0 for n in expected]
-
+    records, _, _ = _run(cfg)
+    assert [r["learner/reference_precomputed_frac"] for r in records] == expected
+    assert [("time/reference_wait_s" in r) for r in records] == [frac > 0 for frac in expected]
 
 @pytest.mark.parametrize("overrides, expected", [
     ((), False), (("learner.num_gpus=1",), True), (("learner.num_gpus=1", "learner.reference_overlap=false"), False),
