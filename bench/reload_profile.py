@@ -93,15 +93,12 @@ def main() -> None:
                 rows += json.load(open(tmp.name))["rows"]
         save_result(a.out, {"rows": rows, "settings": vars(a)})
         return
-    rows = []
-    for dtype in a.dtype:
-        rows.append(profile_dtype(a.model, dtype, a.repeats))
-        r = rows[-1]
-        print(f"{dtype}: {r['bytes'] / 2**20:.0f} MiB, memcpy {r['memcpy_s']:.3f}s, write {r['write_s']:.3f}s, reload "
-              f"{r['reload_s']:.3f}s (profiled {r['profiled_reload_s']:.3f}s: oneDNN pack {r['onednn_pack_s']:.3f}s, "
-              f"small-GEMM pack {r['sgl_pack_s']:.3f}s, copies into parameters {r['param_copy_s']:.3f}s) -> "
-              f"pack + copies alone = {r['floor_ratio']:.1f}x memcpy", flush=True)
-    save_result(a.out, {"rows": rows, "settings": vars(a)})
+    r = profile_dtype(a.model, a.dtype[0], a.repeats)
+    print(f"{a.dtype[0]}: {r['bytes'] / 2**20:.0f} MiB, memcpy {r['memcpy_s']:.3f}s, write {r['write_s']:.3f}s, reload "
+          f"{r['reload_s']:.3f}s (profiled {r['profiled_reload_s']:.3f}s: oneDNN pack {r['onednn_pack_s']:.3f}s, "
+          f"small-GEMM pack {r['sgl_pack_s']:.3f}s, copies into parameters {r['param_copy_s']:.3f}s) -> "
+          f"pack + copies alone = {r['floor_ratio']:.1f}x memcpy", flush=True)
+    save_result(a.out, {"rows": [r], "settings": vars(a)})
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def run_point(model: str, group_size: int, workers: int, steps: int, questions: 
         ray.shutdown()
     result = breakdown(records[1:] or records)
     result.update({"group_size": group_size, "workers": workers, "questions": questions, "overrides": list(extra),
-                   "samples_per_s": batch / result["time/step_s"]})
+                   "overlap_samples": cfg.reward.overlap_samples, "samples_per_s": batch / result["time/step_s"]})
     return result
 
 
@@ -91,16 +91,14 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(ROOT, "docs/bench/step_breakdown.json"))
     p.add_argument("overrides", nargs="*", help="extra config overrides for every point")
     a = p.parse_args()
-    points = [(g, 1, None) for g in a.group_sizes] + [(a.base_group_size, w, None) for w in a.workers if w != 1]
+    points = [(g, 1, []) for g in a.group_sizes] + [(a.base_group_size, w, []) for w in a.workers if w != 1]
     if a.overlap:
-        points = [(g, 1, k) for g in a.group_sizes for k in a.overlap]
+        points = [(g, 1, [f"reward.overlap_samples={k}"]) for g in a.group_sizes for k in a.overlap]
     if a.compare:
-        points = [(g, 1, c) for g in a.group_sizes for c in a.compare]
+        points = [(g, 1, c.split()) for g in a.group_sizes for c in a.compare]
     rows = []
-    for g, w, variant in points:
-        point = variant.split() if isinstance(variant, str) else [f"reward.overlap_samples={variant}"] if variant is not None else []
+    for g, w, point in points:
         rows.append(run_point(a.model, g, w, a.steps, a.questions, a.max_new_tokens, [*a.overrides, *point]))
-        rows[-1]["overlap_samples"] = variant if isinstance(variant, int) else None
         rows[-1]["point"] = " ".join(point)
         r = rows[-1]
         print(f"G={g} engines={w} {' '.join(point)}: step {r['time/step_s']:.1f}s = gen {r['time/generate_s']:.1f} "
