@@ -103,6 +103,12 @@ def plot_bars(pairs: list[tuple[str, float]], ylabel: str, path: str) -> None:
     plt.close(fig)
 
 
+def section(title: str, result: dict, intro: str, header: list[str], rows: list[str]) -> list[str]:
+    """Markdown lines of one benchmark: heading, the command that produced it, what it shows, its table."""
+    return [f"## {title}", "", f"`{result['command']}`", "", intro, "", "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header), *rows, ""]
+
+
 def main() -> None:
     os.makedirs(BENCH_DIR, exist_ok=True)
     lines = ["# Benchmarks", "", f"Machine: {machine()}.", "",
@@ -182,29 +188,41 @@ def main() -> None:
         lines += ["", "![breakdown](bench/step_breakdown.png)", ""]
     overlap = load("reward_overlap")
     if overlap:
-        lines += ["## Reward scoring during generation", "", f"`{overlap['command']}`", "",
-                  "Learned outcome reward model (one CPU forward per sample), bf16, G=8, Q=4, one engine. "
-                  "`reward wait` is the step's time spent on rewards after generation ended; `scoring` is all "
-                  "the scoring time, most of it inside generation when chunks are scored as they finish.", "",
-                  "| reward.overlap_samples | step s | generation | reward wait | scoring | learning | samples/s |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['overlap_samples']} | {r['time/step_s']:.1f} | {r['time/generate_s']:.1f} | {r['time/reward_s']:.1f} | "
-                  f"{r['time/reward_scoring_s']:.1f} | {r['time/learn_s']:.1f} | {r['samples_per_s']:.2f} |"
-                  for r in overlap["rows"]]
-        lines += [""]
+        lines += section(
+            "Reward scoring during generation", overlap,
+            "Learned outcome reward model (one CPU forward per sample), bf16, G=8, Q=4, one engine. "
+            "`reward wait` is the step's time spent on rewards after generation ended; `scoring` is all "
+            "the scoring time, most of it inside generation when chunks are scored as they finish.",
+            ["reward.overlap_samples", "step s", "generation", "reward wait", "scoring", "learning", "samples/s"],
+            [f"| {r['overlap_samples']} | {r['time/step_s']:.1f} | {r['time/generate_s']:.1f} | {r['time/reward_s']:.1f} | "
+             f"{r['time/reward_scoring_s']:.1f} | {r['time/learn_s']:.1f} | {r['samples_per_s']:.2f} |"
+             for r in overlap["rows"]])
     reference = load("reference_overlap")
     if reference:
-        lines += ["## Reference logprobs during generation", "", f"`{reference['command']}`", "",
-                  "bf16, G=8, Q=4, one engine, rule rewards. With `learner.reference_overlap=true` the learner computes "
-                  "the reference logprobs of each chunk of finished samples while the engine decodes the rest; "
-                  "`reference wait` is what is left of it after generation, `computed` its total time, `in update` "
-                  "the reference pass left inside learning.", "",
-                  "| variant | step s | generation | reference wait | computed | learning | in update | samples/s |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['point'] or 'defaults'} | {r['time/step_s']:.1f} | {r['time/generate_s']:.1f} | "
-                  f"{r['time/reference_wait_s']:.1f} | {r['time/reference_overlap_s']:.1f} | {r['time/learn_s']:.1f} | "
-                  f"{r['time/learner_ref_s']:.1f} | {r['samples_per_s']:.2f} |" for r in reference["rows"]]
-        lines += [""]
+        lines += section(
+            "Reference logprobs during generation", reference,
+            "bf16, G=8, Q=4, one engine, rule rewards. With `learner.reference_overlap=true` the learner computes "
+            "the reference logprobs of each chunk of finished samples while the engine decodes the rest; "
+            "`reference wait` is what is left of it after generation, `computed` its total time, `in update` "
+            "the reference pass left inside learning.",
+            ["variant", "step s", "generation", "reference wait", "computed", "learning", "in update", "samples/s"],
+            [f"| {r['point'] or 'defaults'} | {r['time/step_s']:.1f} | {r['time/generate_s']:.1f} | "
+             f"{r['time/reference_wait_s']:.1f} | {r['time/reference_overlap_s']:.1f} | {r['time/learn_s']:.1f} | "
+             f"{r['time/learner_ref_s']:.1f} | {r['samples_per_s']:.2f} |" for r in reference["rows"]])
+    for name in ("learner_step", "learner_step_gsm8k"):
+        learner = load(name)
+        if not learner:
+            continue
+        st = learner["settings"]
+        lines += section(
+            f"Learner step alone: {st['task']} prompts, {st['precision']}", learner,
+            f"Q={st['questions']} x G={st['group_size']}, prompts {st['prompt_tokens_mean']} tokens on average, "
+            f"responses {st['response_tokens'][0]}-{st['response_tokens'][1]} tokens, micro-batches of "
+            f"{st['micro_batch']}; medians of steps 2-{st['steps']}, all variants on the same batches in turns.",
+            ["variant", "ZeRO", "step s", "reference s", "update s", "rows through the shared-prompt forward", "grad norms"],
+            [f"| {r['variant'] or 'defaults'} | {r['zero_stage']} | {r['step_s']:.2f} | {r['reference_s']:.2f} | "
+             f"{r['update_s']:.2f} | {r['shared_prompt_frac']:.0%} | {', '.join(f'{g:.4f}' for g in r['grad_norms'])} |"
+             for r in learner["rows"]])
     if summary:
         table = ["## Targets", "", "| what | measured | target | |", "|---|---|---|---|"]
         for name, value, target in summary:

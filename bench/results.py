@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 
 
 def save_result(path: str, data: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({**data, "command": "python " + " ".join(sys.argv)}, f, indent=1)
+        json.dump({**data, "command": "python " + shlex.join(sys.argv)}, f, indent=1)

@@ -1,6 +1,6 @@
 """All performance benchmarks, one after the other, then docs/benchmarks.md:
 
-    python bench/run_perf.py            # or: make bench-perf   (about 50 minutes on 2 cores)
+    python bench/run_perf.py            # or: make bench-perf   (about 60 minutes on 2 cores)
     python bench/run_perf.py --only rollout sync
 
 Each benchmark runs in its own process (fresh Ray, nothing else competing for the cores) and writes
@@ -38,6 +38,12 @@ BENCHES = {
     "reference_overlap": ["bench/step_breakdown.py", "--group-sizes", "8", "--steps", "5", "--compare",
                           "learner.reference_overlap=false", "learner.reference_overlap=true",
                           "--out", "docs/bench/reference_overlap.json", "model.dtype=bfloat16", "rollout.dtype=bfloat16"],
+    # the learner alone: ZeRO-2 vs the single-rank default (ZeRO-0), plain vs shared-prompt forward
+    "learner_step": ["bench/learner_step.py", "--precision", "bfloat16", "--compare",
+                     "learner.zero_stage=2 learner.shared_prompt=false", "learner.shared_prompt=false", "",
+                     "learner.shared_prompt=true"],
+    "learner_step_gsm8k": ["bench/learner_step.py", "--precision", "bfloat16", "--task", "gsm8k", "--max-response", "128",
+                           "--compare", "learner.shared_prompt=false", "", "--out", "docs/bench/learner_step_gsm8k.json"],
 }
 
 

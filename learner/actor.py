@@ -121,7 +121,7 @@ class LearnerWorker:
         import ray
 
         module = self.trainer.engine.module
-        if self.trainer.cfg.learner.zero_stage == 3:  # partitioned: gather full tensors first
+        if self.trainer.zero_stage == 3:  # partitioned: gather full tensors first
             named = list(self.trainer.export_state_dict(getattr(torch, dtype)).items())
         else:
             named = list(module.named_parameters(remove_duplicate=False))

@@ -16,11 +16,11 @@ from typing import Callable, Optional
 
 import torch
 
-from learner.algorithm import (
-    check_finite, grpo_loss, kl_penalized_rewards, outcome_advantages, process_advantages, token_logprobs,
-)
-from learner.batching import TokenBatch, micro_batch_rows
+from learner.algorithm import check_finite, grpo_loss, kl_penalized_rewards, outcome_advantages, process_advantages
+from learner.batching import TokenBatch
+from learner.logprobs import micro_batch_logprobs, switch_attention
 from learner.reference_cache import ReferenceCache
+from learner.shared_prompt import pass_overhead_tokens, plan_micro_batches, prefers_shared
 
 log = logging.getLogger(__name__)
 
@@ -31,32 +31,12 @@ def resolve_dtype(name: str, on_gpu: bool) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-EAGER_ATTENTION_MAX_TOKENS = 384
-"""CPU, 'auto': widest micro-batch that runs with eager attention. Measured fwd+bwd of 8 rows, SmolLM2-135M
-bf16, 2 cores: 3.3 s eager vs 4.0 s sdpa at 130 tokens, 7.1 vs 8.2 s at 300, 21 vs 18.5 s at 600."""
-
-
-def attention_for_width(setting: str, width: int, on_gpu: bool) -> Optional[str]:
-    """The attention kernel for a micro-batch ``width`` tokens wide, or None to keep the model's own."""
-    if setting != "auto":
+def resolve_zero_stage(setting: Optional[int], world_size: int) -> int:
+    """``learner.zero_stage``; None: 0 for a single rank (nothing to partition; ZeRO-2's gradient
+    buckets only add copies: 2.7 s of a 10-13 s bf16 step on CPU), 2 for several."""
+    if setting is not None:
         return setting
-    if on_gpu:
-        return None
-    return "eager" if width <= EAGER_ATTENTION_MAX_TOKENS else "sdpa"
-
-
-def switch_attention(module, setting: str, width: int, on_gpu: bool) -> str:
-    """Give a Hugging Face ``module`` the kernel ``attention_for_width`` picks; returns the setting to use
-    from now on (a model that cannot switch keeps its own kernel, whose name then replaces ``setting``)."""
-    wanted = attention_for_width(setting, width, on_gpu)
-    if not wanted or getattr(module.config, "_attn_implementation", wanted) == wanted:
-        return setting
-    module.set_attn_implementation(wanted)
-    kept = module.config._attn_implementation
-    if kept != wanted:
-        log.warning("%s cannot switch attention to %s; keeping %s", type(module).__name__, wanted, kept)
-        return kept
-    return setting
+    return 0 if world_size == 1 else 2
 
 
 def deepspeed_config(lcfg, micro_batch_size: int, grad_accum: int, world_size: int, bf16: bool) -> dict:
@@ -65,7 +45,7 @@ def deepspeed_config(lcfg, micro_batch_size: int, grad_accum: int, world_size: i
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": micro_batch_size * grad_accum * world_size,
-        "zero_optimization": {"stage": lcfg.zero_stage},
+        "zero_optimization": {"stage": resolve_zero_stage(lcfg.zero_stage, world_size)},
         "gradient_clipping": lcfg.grad_clip,
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,
@@ -76,10 +56,12 @@ def deepspeed_config(lcfg, micro_batch_size: int, grad_accum: int, world_size: i
 
 def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor], fill_old: bool, algo,
                 micro_batch_size: int, counts: tuple[int, float], forward: Callable, backward: Callable,
-                context: str, device=torch.device("cpu")) -> dict:
+                context: str, device=torch.device("cpu"), share_overhead: Optional[int] = None) -> dict:
     """The mu x micro-batch loop of one exploration step; returns summed per-micro-batch metrics.
 
-    Micro-batches group rows of similar length (``micro_batch_rows``); every update uses the same split.
+    Micro-batches are ``plan_micro_batches``'s split (rows of similar length, or of one prompt when the
+    shared-prompt forward, charged ``share_overhead`` tokens per extra pass, costs less); every update
+    uses the same split.
 
     ``forward(mb) -> [b, w-1] logprobs`` (with grad), ``backward(loss)`` accumulates (and steps at the
     boundary). ``counts`` = (sequences, response tokens) of the whole step over all ranks, so the
@@ -88,7 +70,8 @@ def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor
     """
     loss_kl_coef = algo.kl_coef if algo.kl_placement == "loss" else 0.0
     sums: dict[str, float] = {}
-    plan = micro_batch_rows(batch, micro_batch_size)
+    plan = plan_micro_batches(batch, micro_batch_size, share_overhead)
+    sums["shared_prompt_rows"] = float(sum(len(rows) for rows in plan if prefers_shared(batch.select(rows), share_overhead)))
     for update in range(algo.mu):
         for index, rows in enumerate(plan):
             mb = batch.select(rows)
@@ -111,25 +94,6 @@ def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor
             for k, v in m.items():
                 sums[k] = max(sums.get(k, v), v) if k == "ratio_max" else sums.get(k, 0.0) + v
     return sums
-
-
-def batch_logprobs(model, mb: TokenBatch, temperature: float, device=torch.device("cpu"),
-                   window: bool = True) -> torch.Tensor:
-    """[b, w-1] fp32 logprobs of a micro-batch's targets under ``model`` (0 before its response window).
-
-    With ``window`` only positions from ``mb.response_window()`` on go through the LM head
-    (``logits_to_keep``, which Hugging Face causal LMs accept): prompt positions never score a response
-    token, and for a small model the head over its vocabulary is a large share of the forward.
-    """
-    ids = mb.input_ids.to(device)
-    width = mb.targets.shape[1]
-    start = mb.response_window() if window else 0
-    kwargs = {"logits_to_keep": torch.arange(start, width, device=device)} if window else {}
-    logits = model(input_ids=ids, attention_mask=mb.attention_mask.to(device), **kwargs).logits
-    if not window:
-        logits = logits[:, :-1]
-    lp = token_logprobs(logits, mb.targets[:, start:].to(device), temperature).float()
-    return torch.cat([lp.new_zeros(len(mb), start), lp], dim=1) if start else lp
 
 
 class PolicyTrainer:
@@ -167,31 +131,44 @@ class PolicyTrainer:
             policy.parameters(), lr=cfg.learner.lr, betas=tuple(cfg.learner.adam_betas),
             weight_decay=cfg.learner.weight_decay, fused=True,
         )
+        self.zero_stage = resolve_zero_stage(cfg.learner.zero_stage, world_size)
         ds_cfg = deepspeed_config(cfg.learner, self.micro_batch_size, self.grad_accum, world_size, self.dtype == torch.bfloat16)
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config=ds_cfg)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.keeps_logits = "logits_to_keep" in inspect.signature(type(policy).forward).parameters
+        # Shared-prompt forward (learner.shared_prompt): None here means never. It needs the LM head window
+        # and the key/value cache (off under gradient checkpointing in training), and under ZeRO-3 every
+        # rank must run the same passes (each all-gathers the parameters).
+        setting = cfg.learner.shared_prompt
+        overhead = pass_overhead_tokens(self.on_gpu, self.dtype) if setting is None else 0
+        self.share_reference = overhead if setting is not False and self.keeps_logits else None
+        same_passes = world_size == 1 or self.zero_stage < 3
+        self.share_policy_eval = self.share_reference if same_passes else None
+        self.share_policy_train = None if cfg.learner.gradient_checkpointing else self.share_policy_eval
 
     # --------------------------------------------------------------------------- logprobs
-    def _logprobs(self, model, mb: TokenBatch) -> torch.Tensor:
+    def _logprobs(self, model, mb: TokenBatch, share_overhead: Optional[int]) -> torch.Tensor:
         self.attention = switch_attention(getattr(model, "module", model), self.attention, mb.input_ids.shape[1],
                                           self.on_gpu)
-        return batch_logprobs(model, mb, self.temperature, self.device, self.keeps_logits)
+        return micro_batch_logprobs(model, mb, self.temperature, self.device, self.keeps_logits, share_overhead,
+                                    self.pad_id)
 
     @torch.no_grad()
-    def _frozen_logprobs(self, model, batch: TokenBatch) -> torch.Tensor:
+    def _frozen_logprobs(self, model, batch: TokenBatch, share_overhead: Optional[int]) -> torch.Tensor:
         was_training = model.training
         model.eval()
         out = torch.zeros(len(batch), batch.targets.shape[1])
-        for rows in micro_batch_rows(batch, self.micro_batch_size):
+        for rows in plan_micro_batches(batch, self.micro_batch_size, share_overhead):
             mb = batch.select(rows)
-            out[rows, : mb.targets.shape[1]] = self._logprobs(model, mb).cpu()
+            out[rows, : mb.targets.shape[1]] = self._logprobs(model, mb, share_overhead).cpu()
         model.train(was_training)
         return out * batch.response_mask
 
     def sequence_logprobs(self, batch: TokenBatch, reference: bool = False) -> torch.Tensor:
         """[B, L-1] logprobs of the targets under the current policy (or the reference), 0 off-response."""
-        return self._frozen_logprobs(self.reference if reference else self.engine.module, batch)
+        if reference:
+            return self._frozen_logprobs(self.reference, batch, self.share_reference)
+        return self._frozen_logprobs(self.engine.module, batch, self.share_policy_eval)
 
     def precompute_reference(self, batch: TokenBatch) -> float:
         """Reference logprobs of rows that will be in the next ``train_step`` (scored during generation,
@@ -241,7 +218,7 @@ class PolicyTrainer:
         ref, cached = None, 0
         if algo.kl_coef > 0:
             ref, cached = self.reference_cache.take(batch, self.reference_version,
-                                                    lambda rows: self._frozen_logprobs(self.reference, rows))
+                                                    lambda rows: self.sequence_logprobs(rows, reference=True))
             check_finite("reference logprobs", ref, context)
         else:
             self.reference_cache.clear()
@@ -262,7 +239,8 @@ class PolicyTrainer:
             self.engine.step()
 
         sums = run_updates(batch, old, ref, fill_old, algo, self.micro_batch_size, (num_sequences, num_tokens),
-                           lambda mb: self._logprobs(self.engine, mb), backward, context, self.device)
+                           lambda mb: self._logprobs(self.engine, mb, self.share_policy_train), backward, context,
+                           self.device, self.share_policy_train)
         mask = batch.response_mask
         metrics["rollout/logprob_abs_diff"] = float(((old - batch.sampler_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1))
         n_mb = algo.mu * math.ceil(len(batch) / self.micro_batch_size)
@@ -271,6 +249,7 @@ class PolicyTrainer:
         for k in ("clip_frac", "ratio_mean", "adv_mean"):
             metrics[f"loss/{k}"] = sums.get(k, 0.0) / n_mb
         metrics["loss/ratio_max"] = sums.get("ratio_max", 0.0)
+        metrics["learner/shared_prompt_frac"] = sums["shared_prompt_rows"] / len(batch)
         grad_norm = self.engine.get_global_grad_norm()
         metrics["loss/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         self.version += 1

@@ -15,16 +15,9 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
-TASKS = ("gsm8k", "math", "arithmetic")
-# Names of the variants registered in learner.algorithm (kept here so validation needs no torch import;
-# tests/orchestrator/test_config.py checks that both lists agree).
-LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
-
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown or out of range; the message names the field."""
+from orchestrator.config_checks import (  # noqa: F401  (re-exported: one import site for users)
+    ATTN_IMPLEMENTATIONS, KL_ESTIMATORS, LOSS_AGGS, TASKS, ConfigError, validate as check_config,
+)
 
 
 @dataclass
@@ -219,8 +212,9 @@ class LearnerConfig:
     """AdamW betas."""
     grad_clip: float = 1.0
     """Global gradient-norm clip (0 = off)."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage (0, 1, 2 or 3)."""
+    zero_stage: Optional[int] = None
+    """DeepSpeed ZeRO stage (0, 1, 2 or 3). None: 0 for one learner rank (nothing to partition, and ZeRO-2's
+    gradient buckets cost ~20% of a CPU step in copies), 2 for several."""
     micro_batch_size: int = 8
     """Sequences per forward/backward pass; gradients accumulate over the step's batch."""
     num_gpus: float = 0.0
@@ -233,6 +227,14 @@ class LearnerConfig:
     """Attention kernel of the policy and reference: 'sdpa', 'eager', 'flash_attention_2' (GPU) or 'auto'. 'auto'
     keeps transformers' default (sdpa) on GPU; on CPU it picks eager for micro-batches up to 384 tokens wide and
     sdpa above, per micro-batch (eager fwd+bwd was 20% faster at 130 tokens, sdpa 10% faster at 600)."""
+    shared_prompt: Optional[bool] = None
+    """Run each distinct prompt of a micro-batch through the model once and its responses on top of its
+    key/value cache, instead of prompt + response per row (same logprobs and gradients; a GRPO group's G
+    rows share one prompt); micro-batches then keep a group's rows together when that costs less. The
+    shared forward is two passes: None (default) uses it for a micro-batch only when it saves more tokens
+    than a pass's fixed cost (measured on CPU: 160 tokens in bf16, 96 in fp32; see learner/shared_prompt.py),
+    true whenever it saves any, false never. The policy keeps the plain forward under gradient_checkpointing
+    and under ZeRO-3 with several ranks."""
     reference_overlap: Optional[bool] = None
     """Compute the reference model's logprobs of each chunk of finished samples (``reward.overlap_samples``)
     during generation, while the learner waits, instead of at the start of its update (same values).
@@ -333,130 +335,12 @@ class TrainConfig:
     """Seed for data order, synthetic data and initialisation."""
 
     def validate(self) -> "TrainConfig":
-        """Raise ConfigError naming the first bad field; return self when all is well."""
-        checks = [
-            ("data.task", self.data.task in TASKS, f"must be one of {TASKS}"),
-            ("data.train_file", self.data.task == "arithmetic" or bool(self.data.train_file), f"is required for task {self.data.task!r}"),
-            ("data.questions_per_step", self.data.questions_per_step >= 1, "must be >= 1"),
-            ("data.max_prompt_tokens", self.data.max_prompt_tokens >= 1, "must be >= 1"),
-            ("data.arithmetic_digits", 1 <= self.data.arithmetic_digits <= 9, "must be in 1..9"),
-            ("data.arithmetic_train_size", self.data.arithmetic_train_size >= 1, "must be >= 1"),
-            ("data.arithmetic_eval_size", self.data.arithmetic_eval_size >= 0, "must be >= 0"),
-            ("rollout.num_workers", self.rollout.num_workers >= 1, "must be >= 1"),
-            ("rollout.group_size", self.rollout.group_size >= 2, "must be >= 2 (GRPO's baseline needs a group)"),
-            ("rollout.max_new_tokens", self.rollout.max_new_tokens >= 1, "must be >= 1"),
-            ("rollout.temperature", self.rollout.temperature > 0, "must be > 0"),
-            ("rollout.top_p", 0 < self.rollout.top_p <= 1, "must be in (0, 1]"),
-            ("rollout.tensor_parallel_size", self.rollout.tensor_parallel_size >= 1, "must be >= 1"),
-            ("rollout.gpu_memory_utilization", 0 < self.rollout.gpu_memory_utilization < 1, "must be in (0, 1)"),
-            ("reward.num_workers", self.reward.num_workers >= 1, "must be >= 1"),
-            ("reward.timeout_s", self.reward.timeout_s > 0, "must be > 0"),
-            ("reward.rule_weight", self.reward.rule_weight >= 0, "must be >= 0"),
-            ("reward.orm_weight", self.reward.orm_weight >= 0, "must be >= 0"),
-            ("reward.prm_weight", self.reward.prm_weight >= 0, "must be >= 0"),
-            ("reward.rule_weight", self.reward.rule_weight + self.reward.orm_weight + self.reward.prm_weight > 0,
-             "and reward.orm_weight, reward.prm_weight: at least one must be > 0"),
-            ("reward.prm_weight", self.reward.prm_weight == 0 or self.algorithm.supervision == "process",
-             "needs algorithm.supervision='process' (a PRM scores steps)"),
-            ("reward.model_batch_size", self.reward.model_batch_size >= 1, "must be >= 1"),
-            ("reward.model_dtype", self.reward.model_dtype in ("auto", "float32", "bfloat16"),
-             "must be 'auto', 'float32' or 'bfloat16'"),
-            ("reward.overlap_samples", self.reward.overlap_samples >= 0, "must be >= 0"),
-            ("reward_model.lr", self.reward_model.lr > 0, "must be > 0"),
-            ("reward_model.epochs", self.reward_model.epochs >= 1, "must be >= 1"),
-            ("reward_model.micro_batch_size", self.reward_model.micro_batch_size >= 1, "must be >= 1"),
-            ("reward_model.train_last_layers", self.reward_model.train_last_layers >= 0, "must be >= 0"),
-            ("reward_model.zero_stage", self.reward_model.zero_stage in (0, 1, 2), "must be 0, 1 or 2"),
-            ("reward_model.heldout_frac", 0 <= self.reward_model.heldout_frac < 1, "must be in [0, 1)"),
-            ("reward_model.bootstrap_questions", self.reward_model.bootstrap_questions >= 1, "must be >= 1"),
-            ("reward_model.prm_rollouts_per_step", self.reward_model.prm_rollouts_per_step >= 1, "must be >= 1"),
-            ("reward_model.prm_label", self.reward_model.prm_label in ("hard", "soft"), "must be 'hard' or 'soft'"),
-            ("reward_model.prm_max_prefixes", self.reward_model.prm_max_prefixes >= 0, "must be >= 0"),
-            ("reward_model.labels_file", self.reward_model.labels_file is None or os.path.exists(self.reward_model.labels_file),
-             "does not exist"),
-            ("iterative.every_steps", self.iterative.every_steps >= 0, "must be >= 0"),
-            ("iterative.every_steps", self.iterative.every_steps == 0 or self.reward.orm_weight + self.reward.prm_weight > 0,
-             "needs a learned reward (reward.orm_weight or reward.prm_weight > 0) to retrain"),
-            ("iterative.replay_ratio", 0 <= self.iterative.replay_ratio < 1, "must be in [0, 1)"),
-            ("iterative.replay_max_samples", self.iterative.replay_max_samples >= 1, "must be >= 1"),
-            ("algorithm.clip_eps", 0 < self.algorithm.clip_eps < 1, "must be in (0, 1)"),
-            ("algorithm.kl_coef", self.algorithm.kl_coef >= 0, "must be >= 0"),
-            ("algorithm.mu", self.algorithm.mu >= 1, "must be >= 1"),
-            ("algorithm.adv_eps", self.algorithm.adv_eps > 0, "must be > 0"),
-            ("algorithm.supervision", self.algorithm.supervision in ("outcome", "process"), "must be 'outcome' or 'process'"),
-            ("algorithm.step_separator", bool(self.algorithm.step_separator), "must not be empty"),
-            ("algorithm.loss_agg", self.algorithm.loss_agg in LOSS_AGGS, f"must be one of {LOSS_AGGS}"),
-            ("algorithm.kl_estimator", self.algorithm.kl_estimator in KL_ESTIMATORS, f"must be one of {KL_ESTIMATORS}"),
-            ("algorithm.kl_placement", self.algorithm.kl_placement in ("loss", "reward"), "must be 'loss' or 'reward'"),
-            ("algorithm.kl_placement", self.algorithm.kl_placement == "loss" or self.algorithm.supervision == "outcome",
-             "'reward' works with outcome supervision only"),
-            ("algorithm.old_logprobs", self.algorithm.old_logprobs in ("learner", "sampler"), "must be 'learner' or 'sampler'"),
-            ("algorithm.off_policy_lag", self.algorithm.off_policy_lag in (0, 1), "must be 0 or 1"),
-            ("algorithm.off_policy_lag", self.algorithm.off_policy_lag == 0 or self.algorithm.old_logprobs == "sampler",
-             "needs algorithm.old_logprobs='sampler' (the ratio must be taken against the policy that sampled)"),
-            ("learner.lr", self.learner.lr > 0, "must be > 0"),
-            ("learner.zero_stage", self.learner.zero_stage in (0, 1, 2, 3), "must be 0, 1, 2 or 3"),
-            ("learner.micro_batch_size", self.learner.micro_batch_size >= 1, "must be >= 1"),
-            ("learner.adam_betas", len(self.learner.adam_betas) == 2 and all(0 <= b < 1 for b in self.learner.adam_betas), "must be two numbers in [0, 1)"),
-            ("learner.grad_clip", self.learner.grad_clip >= 0, "must be >= 0"),
-            ("learner.attn_implementation", self.learner.attn_implementation in ATTN_IMPLEMENTATIONS,
-             f"must be one of {ATTN_IMPLEMENTATIONS}"),
-            ("model.dtype", self.model.dtype in ("auto", "float32", "bfloat16"), "must be 'auto', 'float32' or 'bfloat16'"),
-            ("rollout.dtype", self.rollout.dtype in ("auto", "float32", "bfloat16"), "must be 'auto', 'float32' or 'bfloat16'"),
-            ("resources.weight_sync_bucket_mb", self.resources.weight_sync_bucket_mb >= 1, "must be >= 1"),
-            ("resources.weight_sync", self.resources.weight_sync in ("auto", "shm", "file", "nccl"),
-             "must be 'auto', 'shm', 'file' or 'nccl'"),
-            ("resources.timeout_s", self.resources.timeout_s > 0, "must be > 0"),
-            ("eval.every_steps", self.eval.every_steps >= 0, "must be >= 0"),
-            ("eval.num_questions", self.eval.num_questions >= 1, "must be >= 1"),
-            ("eval.samples", self.eval.samples >= 0, "must be >= 0"),
-            ("eval.temperature", self.eval.temperature > 0, "must be > 0"),
-            ("eval.every_steps", self.eval.every_steps == 0 or self.data.task == "arithmetic" or bool(self.data.eval_file),
-             "needs held-out questions: set data.eval_file"),
-            ("logging.log_every", self.logging.log_every >= 1, "must be >= 1"),
-            ("rollout.max_restarts", self.rollout.max_restarts >= 0, "must be >= 0"),
-            ("rollout.cpu_reserved_cores", self.rollout.cpu_reserved_cores >= 0, "must be >= 0"),
-            ("reward.max_restarts", self.reward.max_restarts >= 0, "must be >= 0"),
-            ("resources.placement_timeout_s", self.resources.placement_timeout_s > 0, "must be > 0"),
-            ("output.checkpoint_every", self.output.checkpoint_every >= 0, "must be >= 0"),
-            ("output.keep_last", self.output.keep_last >= 1, "must be >= 1"),
-            ("total_steps", self.total_steps >= 1, "must be >= 1"),
-        ]
-        for name, ok, why in checks:
-            if not ok:
-                raise ConfigError(f"config field {name}={_get(self, name)!r} {why}")
-        batch = self.data.questions_per_step * self.rollout.group_size
-        if batch % self.learner.micro_batch_size:
-            raise ConfigError(
-                f"config field learner.micro_batch_size={self.learner.micro_batch_size} must divide the step's "
-                f"batch of data.questions_per_step*rollout.group_size={batch} sequences"
-            )
-        for role in ("rollout", "reward", "learner"):
-            for key, amount in getattr(self, role).resources.items():
-                if key in ("CPU", "GPU", "memory") or not isinstance(amount, (int, float)) or amount <= 0:
-                    raise ConfigError(f"config field {role}.resources has {key}={amount!r}: custom resources need a "
-                                      "positive amount (CPUs and GPUs have their own fields)")
-        for name in ("orm_path", "prm_path"):
-            path = getattr(self.reward, name)
-            if path and path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
-                raise ConfigError(f"config field reward.{name}={path!r}: no such reward-model folder")
-        if self.data.train_file and self.data.task != "arithmetic" and _looks_like_path(self.data.train_file):
-            if not os.path.exists(self.data.train_file):
-                raise ConfigError(f"config field data.train_file={self.data.train_file!r}: no such file")
+        """Raise ConfigError naming the first bad field (``orchestrator.config_checks``); return self when all is well."""
+        check_config(self)
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _looks_like_path(s: str) -> bool:
-    return s.endswith((".jsonl", ".json")) or s.startswith((".", "/", "~"))
-
-
-def _get(cfg: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 def _coerce(value: Any, hint: Any, name: str) -> Any:

@@ -72,7 +72,7 @@ def test_windowed_logprobs_equal_full_logits():
     response token, and exact zeros before the window."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learner.trainer import batch_logprobs
+    from learner.logprobs import batch_logprobs
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -89,7 +89,7 @@ def test_windowed_logprobs_equal_full_logits():
 
 
 def test_attention_choice_by_width():
-    from learner.trainer import EAGER_ATTENTION_MAX_TOKENS, attention_for_width
+    from learner.logprobs import EAGER_ATTENTION_MAX_TOKENS, attention_for_width
 
     assert attention_for_width("auto", 130, on_gpu=False) == "eager"
     assert attention_for_width("auto", EAGER_ATTENTION_MAX_TOKENS, on_gpu=False) == "eager"
@@ -102,7 +102,7 @@ def test_switching_attention_keeps_logprobs():
     """The eager kernel the learner switches to for short micro-batches gives sdpa's logprobs (padding included)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learner.trainer import EAGER_ATTENTION_MAX_TOKENS, batch_logprobs, switch_attention
+    from learner.logprobs import EAGER_ATTENTION_MAX_TOKENS, batch_logprobs, switch_attention
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,

@@ -4,7 +4,7 @@ import torch
 
 from learner.batching import collate
 from learner.reference_cache import ReferenceCache
-from learner.trainer import batch_logprobs
+from learner.logprobs import batch_logprobs
 from tests.learner.test_micro_batch_invariance import _episodes, _tiny_model
 
 
