@@ -94,6 +94,6 @@ def micro_batch_logprobs(model, mb: TokenBatch, temperature: float, device=torch
                          window: bool = True, share_overhead: Optional[int] = None, pad_id: int = 0) -> torch.Tensor:
     """[b, w-1] logprobs of the micro-batch, through the shared-prompt forward when it saves more than
     ``share_overhead`` tokens (``prefers_shared``; None: never), else the plain one."""
-    if window and prefers_shared(mb, share_overhead):
+    if prefers_shared(mb, share_overhead):
         return shared_prompt_logprobs(model, mb, temperature, device, pad_id)
     return batch_logprobs(model, mb, temperature, device, window)

@@ -136,12 +136,12 @@ class PolicyTrainer:
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config=ds_cfg)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.keeps_logits = "logits_to_keep" in inspect.signature(type(policy).forward).parameters
-        # Shared-prompt forward (learner.shared_prompt): None here means never. It needs the LM head window
-        # and the key/value cache (off under gradient checkpointing in training), and under ZeRO-3 every
-        # rank must run the same passes (each all-gathers the parameters).
+        # Shared-prompt forward (learner.shared_prompt): None here means never. It needs the key/value cache
+        # (off under gradient checkpointing in training), and under ZeRO-3 every rank must run the same
+        # passes (each all-gathers the parameters).
         setting = cfg.learner.shared_prompt
         overhead = pass_overhead_tokens(self.on_gpu, self.dtype) if setting is None else 0
-        self.share_reference = overhead if setting is not False and self.keeps_logits else None
+        self.share_reference = None if setting is False else overhead
         same_passes = world_size == 1 or self.zero_stage < 3
         self.share_policy_eval = self.share_reference if same_passes else None
         self.share_policy_train = None if cfg.learner.gradient_checkpointing else self.share_policy_eval

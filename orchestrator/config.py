@@ -214,7 +214,7 @@ class LearnerConfig:
     """Global gradient-norm clip (0 = off)."""
     zero_stage: Optional[int] = None
     """DeepSpeed ZeRO stage (0, 1, 2 or 3). None: 0 for one learner rank (nothing to partition, and ZeRO-2's
-    gradient buckets cost ~20% of a CPU step in copies), 2 for several."""
+    gradient buckets cost ~25% of a bf16 CPU learner step in copies), 2 for several."""
     micro_batch_size: int = 8
     """Sequences per forward/backward pass; gradients accumulate over the step's batch."""
     num_gpus: float = 0.0
