@@ -8,7 +8,6 @@ accumulating gradients over micro-batches so each update equals a single full-ba
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 import os
 import time
@@ -21,8 +20,6 @@ from learner.batching import TokenBatch
 from learner.logprobs import micro_batch_logprobs, switch_attention
 from learner.reference_cache import ReferenceCache
 from learner.shared_prompt import pass_overhead_tokens, plan_micro_batches, prefers_shared
-
-log = logging.getLogger(__name__)
 
 
 def resolve_dtype(name: str, on_gpu: bool) -> torch.dtype:
