@@ -87,7 +87,7 @@ def main() -> None:
             runs[variant].append({"step_s": time.time() - t0, **metrics})
             print(f"step {step} [{a.compare[variant] or 'defaults'}]: {runs[variant][-1]['step_s']:.2f}s "
                   f"(reference {metrics['time/learner_ref_s']:.2f}s, shared rows {metrics['learner/shared_prompt_frac']:.2f}, "
-                  f"grad norm {metrics['loss/grad_norm']:.4f})", flush=True)
+                  f"packed rows {metrics['learner/packed_frac']:.2f}, grad norm {metrics['loss/grad_norm']:.4f})", flush=True)
     rows = []
     for variant, trainer, steps in zip(a.compare, trainers, runs):
         timed = steps[1:] or steps
@@ -97,6 +97,7 @@ def main() -> None:
             "reference_s": statistics.median(s["time/learner_ref_s"] for s in timed),
             "update_s": statistics.median(s["step_s"] - s["time/learner_ref_s"] for s in timed),
             "shared_prompt_frac": statistics.fmean(s["learner/shared_prompt_frac"] for s in timed),
+            "packed_frac": statistics.fmean(s["learner/packed_frac"] for s in timed),
             "grad_norms": [round(s["loss/grad_norm"], 5) for s in steps],
             "steps_s": [round(s["step_s"], 3) for s in steps],
         })
@@ -107,7 +108,7 @@ def main() -> None:
     save_result(a.out, {"settings": settings, "rows": rows})
     for r in rows:
         print(f"{r['variant'] or 'defaults'}: step {r['step_s']:.2f}s (reference {r['reference_s']:.2f}s, update "
-              f"{r['update_s']:.2f}s), ZeRO {r['zero_stage']}, shared rows {r['shared_prompt_frac']:.2f}")
+              f"{r['update_s']:.2f}s), ZeRO {r['zero_stage']}, shared rows {r['shared_prompt_frac']:.2f}, packed rows {r['packed_frac']:.2f}")
 
 
 if __name__ == "__main__":

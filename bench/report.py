@@ -209,7 +209,7 @@ def main() -> None:
             [f"| {r['point'] or 'defaults'} | {r['time/step_s']:.1f} | {r['time/generate_s']:.1f} | "
              f"{r['time/reference_wait_s']:.1f} | {r['time/reference_overlap_s']:.1f} | {r['time/learn_s']:.1f} | "
              f"{r['time/learner_ref_s']:.1f} | {r['samples_per_s']:.2f} |" for r in reference["rows"]])
-    for name in ("learner_step", "learner_step_gsm8k"):
+    for name in ("learner_step", "learner_step_fp32", "learner_step_gsm8k"):
         learner = load(name)
         if not learner:
             continue
@@ -219,9 +219,9 @@ def main() -> None:
             f"Q={st['questions']} x G={st['group_size']}, prompts {st['prompt_tokens_mean']} tokens on average, "
             f"responses {st['response_tokens'][0]}-{st['response_tokens'][1]} tokens, micro-batches of "
             f"{st['micro_batch']}; medians of steps 2-{st['steps']}, all variants on the same batches in turns.",
-            ["variant", "ZeRO", "step s", "reference s", "update s", "rows through the shared-prompt forward", "grad norms"],
+            ["variant", "ZeRO", "step s", "reference s", "update s", "rows shared / packed", "grad norms"],
             [f"| {r['variant'] or 'defaults'} | {r['zero_stage']} | {r['step_s']:.2f} | {r['reference_s']:.2f} | "
-             f"{r['update_s']:.2f} | {r['shared_prompt_frac']:.0%} | {', '.join(f'{g:.4f}' for g in r['grad_norms'])} |"
+             f"{r['update_s']:.2f} | {r['shared_prompt_frac']:.0%} / {r['packed_frac']:.0%} | {', '.join(f'{g:.4f}' for g in r['grad_norms'])} |"
              for r in learner["rows"]])
     if summary:
         table = ["## Targets", "", "| what | measured | target | |", "|---|---|---|---|"]

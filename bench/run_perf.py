@@ -38,12 +38,16 @@ BENCHES = {
     "reference_overlap": ["bench/step_breakdown.py", "--group-sizes", "8", "--steps", "5", "--compare",
                           "learner.reference_overlap=false", "learner.reference_overlap=true",
                           "--out", "docs/bench/reference_overlap.json", "model.dtype=bfloat16", "rollout.dtype=bfloat16"],
-    # the learner alone: ZeRO-2 vs the single-rank default (ZeRO-0), plain vs shared-prompt forward
+    # the learner alone: ZeRO-2 vs the single-rank default (ZeRO-0); plain, shared-prompt and packed forwards
     "learner_step": ["bench/learner_step.py", "--precision", "bfloat16", "--compare",
-                     "learner.zero_stage=2 learner.shared_prompt=false", "learner.shared_prompt=false", "",
-                     "learner.shared_prompt=true"],
+                     "learner.zero_stage=2 learner.shared_prompt=false learner.packed_sequences=false",
+                     "learner.shared_prompt=false learner.packed_sequences=false", "learner.packed_sequences=false", ""],
+    "learner_step_fp32": ["bench/learner_step.py", "--precision", "float32", "--compare",
+                          "learner.shared_prompt=false learner.packed_sequences=false", "learner.packed_sequences=false", "",
+                          "--out", "docs/bench/learner_step_fp32.json"],
     "learner_step_gsm8k": ["bench/learner_step.py", "--precision", "bfloat16", "--task", "gsm8k", "--max-response", "128",
-                           "--compare", "learner.shared_prompt=false", "", "--out", "docs/bench/learner_step_gsm8k.json"],
+                           "--compare", "learner.shared_prompt=false learner.packed_sequences=false",
+                           "learner.packed_sequences=false", "", "--out", "docs/bench/learner_step_gsm8k.json"],
 }
 
 

@@ -59,6 +59,15 @@ class TokenBatch:
             advantages=adv,
         )
 
+    def row_parts(self) -> tuple[list[int], list[int]]:
+        """(prompt lengths, response lengths) of the rows, from the attention mask."""
+        totals = self.attention_mask.sum(dim=1).tolist()
+        return list(self.prompt_lengths), [int(t) - p for t, p in zip(totals, self.prompt_lengths)]
+
+    def prompt_keys(self) -> list[tuple[int, ...]]:
+        """Each row's prompt token ids (rows with equal keys share a prompt)."""
+        return [tuple(self.input_ids[i, :p].tolist()) for i, p in enumerate(self.prompt_lengths)]
+
     def response_window(self) -> int:
         """First target position that scores a response token in any row (``min prompt length - 1``):
         logits before it are never used, so the learner does not compute them."""

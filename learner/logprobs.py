@@ -1,9 +1,11 @@
 """Logprobs of a micro-batch's response tokens under a Hugging Face causal LM (policy or reference).
 
-Two forwards give the same values: ``batch_logprobs`` runs every row's prompt + response;
+Three forwards give the same values: ``batch_logprobs`` runs every row's prompt + response;
 ``shared_prompt_logprobs`` runs each distinct prompt once and its responses on top of its key/value
-cache (``learner.shared_prompt``). ``micro_batch_logprobs`` picks the one that costs less (``prefers_shared``).
-The attention kernel is chosen per micro-batch width on CPU (``switch_attention``).
+cache (``learner.shared_prompt``); ``packed_logprobs`` runs the micro-batch as one unpadded row behind a
+4-D mask (``learner.packed_sequences``). ``micro_batch_logprobs`` runs the one
+``learner.micro_batch_plan.choose_forward`` picked. The attention kernel is chosen per micro-batch width on
+CPU (``switch_attention``).
 """
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ import torch
 
 from learner.algorithm import token_logprobs
 from learner.batching import TokenBatch
-from learner.shared_prompt import SharedPromptLayout, prefers_shared
+from learner.packing import PackedLayout
+from learner.shared_prompt import SharedPromptLayout
 
 log = logging.getLogger(__name__)
 
 
+PACKED_ATTENTION = ("eager", "sdpa")
+"""Attention kernels that take the packed forward's 4-D mask as given (flash-attention kernels ignore it)."""
 EAGER_ATTENTION_MAX_TOKENS = 384
 """CPU, 'auto': widest micro-batch that runs with eager attention. Measured fwd+bwd of 8 rows, SmolLM2-135M
 bf16, 2 cores: 3.3 s eager vs 4.0 s sdpa at 130 tokens, 7.1 vs 8.2 s at 300, 21 vs 18.5 s at 600."""
@@ -90,10 +95,36 @@ def shared_prompt_logprobs(model, mb: TokenBatch, temperature: float, device=tor
     return lay.place(token_logprobs(logits, lay.targets.to(device), temperature))
 
 
-def micro_batch_logprobs(model, mb: TokenBatch, temperature: float, device=torch.device("cpu"),
-                         window: bool = True, share_overhead: Optional[int] = None, pad_id: int = 0) -> torch.Tensor:
-    """[b, w-1] logprobs of the micro-batch, through the shared-prompt forward when it saves more than
-    ``share_overhead`` tokens (``prefers_shared``; None: never), else the plain one."""
-    if prefers_shared(mb, share_overhead):
+def packed_logprobs(model, mb: TokenBatch, temperature: float, device=torch.device("cpu"),
+                    window: bool = True) -> torch.Tensor:
+    """``batch_logprobs`` computed in one pass over the micro-batch packed into a single row
+    (``learner.packing``): each distinct prompt once, no padding, a 4-D mask that lets every token see
+    exactly what it sees in the plain forward. With ``window`` (the model takes ``logits_to_keep``) only the
+    positions that score a response token go through the LM head.
+    """
+    module = getattr(model, "module", model)
+    kernel = getattr(module.config, "_attn_implementation", None)
+    if kernel not in PACKED_ATTENTION:
+        raise RuntimeError(f"packed forward needs attention that takes a 4-D mask {PACKED_ATTENTION}, the model uses "
+                           f"{kernel!r}; set learner.packed_sequences=false")
+    lay = PackedLayout.build(mb)
+    mask = lay.attention_mask(module.get_input_embeddings().weight.dtype, device)
+    score_at = lay.score_at.to(device)
+    kwargs = {"logits_to_keep": score_at} if window else {}
+    logits = model(input_ids=lay.input_ids.to(device), attention_mask=mask, position_ids=lay.positions.to(device),
+                   **kwargs).logits
+    if not window:
+        logits = logits[:, score_at]
+    return lay.place(token_logprobs(logits, lay.targets[None].to(device), temperature)[0].float())
+
+
+def micro_batch_logprobs(model, mb: TokenBatch, temperature: float, forward: str = "plain", device=torch.device("cpu"),
+                         window: bool = True, pad_id: int = 0) -> torch.Tensor:
+    """[b, w-1] logprobs of the micro-batch through ``forward``: 'plain', 'shared' or 'packed'."""
+    if forward == "shared":
         return shared_prompt_logprobs(model, mb, temperature, device, pad_id)
+    if forward == "packed":
+        return packed_logprobs(model, mb, temperature, device, window)
+    if forward != "plain":
+        raise ValueError(f"unknown forward {forward!r}")
     return batch_logprobs(model, mb, temperature, device, window)

@@ -11,15 +11,19 @@ import inspect
 import math
 import os
 import time
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
 
 from learner.algorithm import check_finite, grpo_loss, kl_penalized_rewards, outcome_advantages, process_advantages
 from learner.batching import TokenBatch
-from learner.logprobs import micro_batch_logprobs, switch_attention
+from learner.logprobs import PACKED_ATTENTION, micro_batch_logprobs, switch_attention
+from learner.micro_batch_plan import (
+    ForwardOptions, attention_pair_weight, pass_overhead_tokens, plan_micro_batches,
+)
+from learner.packing import packed_tokens
 from learner.reference_cache import ReferenceCache
-from learner.shared_prompt import pass_overhead_tokens, plan_micro_batches, prefers_shared
 
 
 def resolve_dtype(name: str, on_gpu: bool) -> torch.dtype:
@@ -36,14 +40,16 @@ def resolve_zero_stage(setting: Optional[int], world_size: int) -> int:
     return 0 if world_size == 1 else 2
 
 
-def deepspeed_config(lcfg, micro_batch_size: int, grad_accum: int, world_size: int, bf16: bool) -> dict:
-    """The DeepSpeed JSON config for one learner; the optimizer is passed in as an object."""
+def deepspeed_config(grad_clip: float, micro_batch_size: int, grad_accum: int, world_size: int, bf16: bool,
+                     zero_stage: int) -> dict:
+    """The DeepSpeed JSON config for one learner (``zero_stage`` resolved by ``resolve_zero_stage``); the
+    optimizer is passed in as an object."""
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": micro_batch_size * grad_accum * world_size,
-        "zero_optimization": {"stage": resolve_zero_stage(lcfg.zero_stage, world_size)},
-        "gradient_clipping": lcfg.grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "gradient_clipping": grad_clip,
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
@@ -53,28 +59,29 @@ def deepspeed_config(lcfg, micro_batch_size: int, grad_accum: int, world_size: i
 
 def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor], fill_old: bool, algo,
                 micro_batch_size: int, counts: tuple[int, float], forward: Callable, backward: Callable,
-                context: str, device=torch.device("cpu"), share_overhead: Optional[int] = None) -> dict:
+                context: str, device=torch.device("cpu"), options: ForwardOptions = ForwardOptions()) -> dict:
     """The mu x micro-batch loop of one exploration step; returns summed per-micro-batch metrics.
 
-    Micro-batches are ``plan_micro_batches``'s split (rows of similar length, or of one prompt when the
-    shared-prompt forward, charged ``share_overhead`` tokens per extra pass, costs less); every update
-    uses the same split.
+    Micro-batches and their forwards are ``plan_micro_batches``'s (rows of similar length, or of one
+    prompt when a forward that shares prompts, as ``options`` allow, costs less); every update uses the
+    same plan.
 
-    ``forward(mb) -> [b, w-1] logprobs`` (with grad), ``backward(loss)`` accumulates (and steps at the
-    boundary). ``counts`` = (sequences, response tokens) of the whole step over all ranks, so the
+    ``forward(mb, name) -> [b, w-1] logprobs`` (with grad; ``name``: 'plain', 'shared' or 'packed'),
+    ``backward(loss)`` accumulates (and steps at the boundary). ``counts`` = (sequences, response tokens) of the whole step over all ranks, so the
     accumulated gradient does not depend on the micro-batch size. With ``fill_old`` the first update's
     own logprobs become ``old`` (in place).
     """
     loss_kl_coef = algo.kl_coef if algo.kl_placement == "loss" else 0.0
     sums: dict[str, float] = {}
-    plan = plan_micro_batches(batch, micro_batch_size, share_overhead)
-    sums["shared_prompt_rows"] = float(sum(len(rows) for rows in plan if prefers_shared(batch.select(rows), share_overhead)))
+    plan = plan_micro_batches(batch, micro_batch_size, options)
+    for name in ("shared", "packed"):
+        sums[f"{name}_rows"] = float(sum(len(rows) for rows, how in plan if how == name))
     for update in range(algo.mu):
-        for index, rows in enumerate(plan):
+        for index, (rows, how) in enumerate(plan):
             mb = batch.select(rows)
             width = mb.targets.shape[1]
             mb_mask = mb.response_mask.to(device)
-            logp = forward(mb)
+            logp = forward(mb, how)
             where = f"{context}, update {update}, micro-batch {index} (rows {rows[0]}..)"
             check_finite("policy logprobs", logp.detach() * mb_mask, where)
             if fill_old and update == 0:
@@ -91,6 +98,12 @@ def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor
             for k, v in m.items():
                 sums[k] = max(sums.get(k, v), v) if k == "ratio_max" else sums.get(k, 0.0) + v
     return sums
+
+
+def accumulated_grad_norm(module: torch.nn.Module) -> float:
+    """L2 norm of the gradients accumulated on ``module``'s parameters (after the all-reduce, before clipping)."""
+    norms = [torch.linalg.vector_norm(p.grad.float()) for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
 class PolicyTrainer:
@@ -122,6 +135,8 @@ class PolicyTrainer:
             policy.gradient_checkpointing_enable()
         self.reference = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, trust_remote_code=trc, **attn)
         self.reference.requires_grad_(False).eval().to(self.device)
+        linear_params = sum(p.numel() for p in policy.parameters()) - policy.get_input_embeddings().weight.numel()
+        self.pair_weight = attention_pair_weight(policy.config, linear_params)
         self.reference_version = 0  # +1 at every reset or load: cached reference logprobs of another version are stale
         self.reference_cache = ReferenceCache()
         optimizer = torch.optim.AdamW(  # fused: one kernel over all tensors, 9x faster than the loop on CPU
@@ -129,43 +144,57 @@ class PolicyTrainer:
             weight_decay=cfg.learner.weight_decay, fused=True,
         )
         self.zero_stage = resolve_zero_stage(cfg.learner.zero_stage, world_size)
-        ds_cfg = deepspeed_config(cfg.learner, self.micro_batch_size, self.grad_accum, world_size, self.dtype == torch.bfloat16)
+        ds_cfg = deepspeed_config(cfg.learner.grad_clip, self.micro_batch_size, self.grad_accum, world_size,
+                                  self.dtype == torch.bfloat16, self.zero_stage)
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config=ds_cfg)
+        # DeepSpeed's bf16 and ZeRO optimizers record the gradient norm; plain fp32 (ZeRO-0) clips without keeping it
+        self.engine_reports_grad_norm = self.engine.bfloat16_enabled() or self.engine.zero_optimization()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.keeps_logits = "logits_to_keep" in inspect.signature(type(policy).forward).parameters
-        # Shared-prompt forward (learner.shared_prompt): None here means never. It needs the key/value cache
-        # (off under gradient checkpointing in training), and under ZeRO-3 every rank must run the same
-        # passes (each all-gathers the parameters).
-        setting = cfg.learner.shared_prompt
-        overhead = pass_overhead_tokens(self.on_gpu, self.dtype) if setting is None else 0
-        self.share_reference = None if setting is False else overhead
-        same_passes = world_size == 1 or self.zero_stage < 3
-        self.share_policy_eval = self.share_reference if same_passes else None
-        self.share_policy_train = None if cfg.learner.gradient_checkpointing else self.share_policy_eval
+        self.forward_reference, self.forward_policy_eval, self.forward_policy_train = self._forward_options()
+
+    def _forward_options(self) -> tuple[ForwardOptions, ForwardOptions, ForwardOptions]:
+        """Forwards the reference, the policy's no-grad logprobs and its training passes may use.
+
+        Shared prompts (learner.shared_prompt) need the key/value cache, which gradient checkpointing turns
+        off in training, and two passes, which under ZeRO-3 with several ranks every rank must run alike
+        (each pass all-gathers the parameters). Packing (learner.packed_sequences) is one pass; None means on
+        CPU, where it was measured, with an attention kernel that takes its 4-D mask.
+        """
+        lcfg = self.cfg.learner
+        overhead = pass_overhead_tokens(self.on_gpu, self.dtype) if lcfg.shared_prompt is None else 0
+        pack = lcfg.packed_sequences
+        if pack is None:
+            pack = not self.on_gpu and lcfg.attn_implementation in ("auto", *PACKED_ATTENTION)
+        reference = ForwardOptions(share_overhead=None if lcfg.shared_prompt is False else overhead, pack=pack,
+                                   pair_weight=self.pair_weight)
+        single_pass = replace(reference, share_overhead=None)
+        policy_eval = reference if self.world_size == 1 or self.zero_stage < 3 else single_pass
+        policy_train = single_pass if lcfg.gradient_checkpointing else policy_eval
+        return reference, policy_eval, policy_train
 
     # --------------------------------------------------------------------------- logprobs
-    def _logprobs(self, model, mb: TokenBatch, share_overhead: Optional[int]) -> torch.Tensor:
-        self.attention = switch_attention(getattr(model, "module", model), self.attention, mb.input_ids.shape[1],
-                                          self.on_gpu)
-        return micro_batch_logprobs(model, mb, self.temperature, self.device, self.keeps_logits, share_overhead,
-                                    self.pad_id)
+    def _logprobs(self, model, mb: TokenBatch, forward: str) -> torch.Tensor:
+        width = packed_tokens(mb) if forward == "packed" else mb.input_ids.shape[1]
+        self.attention = switch_attention(getattr(model, "module", model), self.attention, width, self.on_gpu)
+        return micro_batch_logprobs(model, mb, self.temperature, forward, self.device, self.keeps_logits, self.pad_id)
 
     @torch.no_grad()
-    def _frozen_logprobs(self, model, batch: TokenBatch, share_overhead: Optional[int]) -> torch.Tensor:
+    def _frozen_logprobs(self, model, batch: TokenBatch, options: ForwardOptions) -> torch.Tensor:
         was_training = model.training
         model.eval()
         out = torch.zeros(len(batch), batch.targets.shape[1])
-        for rows in plan_micro_batches(batch, self.micro_batch_size, share_overhead):
+        for rows, forward in plan_micro_batches(batch, self.micro_batch_size, options):
             mb = batch.select(rows)
-            out[rows, : mb.targets.shape[1]] = self._logprobs(model, mb, share_overhead).cpu()
+            out[rows, : mb.targets.shape[1]] = self._logprobs(model, mb, forward).cpu()
         model.train(was_training)
         return out * batch.response_mask
 
     def sequence_logprobs(self, batch: TokenBatch, reference: bool = False) -> torch.Tensor:
         """[B, L-1] logprobs of the targets under the current policy (or the reference), 0 off-response."""
         if reference:
-            return self._frozen_logprobs(self.reference, batch, self.share_reference)
-        return self._frozen_logprobs(self.engine.module, batch, self.share_policy_eval)
+            return self._frozen_logprobs(self.reference, batch, self.forward_reference)
+        return self._frozen_logprobs(self.engine.module, batch, self.forward_policy_eval)
 
     def precompute_reference(self, batch: TokenBatch) -> float:
         """Reference logprobs of rows that will be in the next ``train_step`` (scored during generation,
@@ -231,13 +260,17 @@ class PolicyTrainer:
         num_sequences, num_tokens = self._global_counts(batch)
         metrics = {"time/learner_ref_s": time.time() - t0, "learner/reference_precomputed_frac": cached / len(batch)}
 
+        own_norm = []
+
         def backward(loss):
             self.engine.backward(loss, scale_wrt_gas=False)
+            if self.engine.is_gradient_accumulation_boundary() and not self.engine_reports_grad_norm:
+                own_norm.append(accumulated_grad_norm(self.engine.module))
             self.engine.step()
 
         sums = run_updates(batch, old, ref, fill_old, algo, self.micro_batch_size, (num_sequences, num_tokens),
-                           lambda mb: self._logprobs(self.engine, mb, self.share_policy_train), backward, context,
-                           self.device, self.share_policy_train)
+                           lambda mb, forward: self._logprobs(self.engine, mb, forward), backward, context,
+                           self.device, self.forward_policy_train)
         mask = batch.response_mask
         metrics["rollout/logprob_abs_diff"] = float(((old - batch.sampler_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1))
         n_mb = algo.mu * math.ceil(len(batch) / self.micro_batch_size)
@@ -246,8 +279,9 @@ class PolicyTrainer:
         for k in ("clip_frac", "ratio_mean", "adv_mean"):
             metrics[f"loss/{k}"] = sums.get(k, 0.0) / n_mb
         metrics["loss/ratio_max"] = sums.get("ratio_max", 0.0)
-        metrics["learner/shared_prompt_frac"] = sums["shared_prompt_rows"] / len(batch)
-        grad_norm = self.engine.get_global_grad_norm()
+        metrics["learner/shared_prompt_frac"] = sums["shared_rows"] / len(batch)
+        metrics["learner/packed_frac"] = sums["packed_rows"] / len(batch)
+        grad_norm = own_norm[-1] if own_norm else self.engine.get_global_grad_norm()
         metrics["loss/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         self.version += 1
         metrics["time/learn_s"] = time.time() - t0

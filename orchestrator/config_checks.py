@@ -89,6 +89,8 @@ def validate(cfg) -> None:
         ("learner.grad_clip", cfg.learner.grad_clip >= 0, "must be >= 0"),
         ("learner.attn_implementation", cfg.learner.attn_implementation in ATTN_IMPLEMENTATIONS,
          f"must be one of {ATTN_IMPLEMENTATIONS}"),
+        ("learner.packed_sequences", not (cfg.learner.packed_sequences and cfg.learner.attn_implementation == "flash_attention_2"),
+         "needs attention that takes a 4-D mask: learner.attn_implementation 'auto', 'eager' or 'sdpa'"),
         ("model.dtype", cfg.model.dtype in ("auto", "float32", "bfloat16"), "must be 'auto', 'float32' or 'bfloat16'"),
         ("rollout.dtype", cfg.rollout.dtype in ("auto", "float32", "bfloat16"), "must be 'auto', 'float32' or 'bfloat16'"),
         ("resources.weight_sync_bucket_mb", cfg.resources.weight_sync_bucket_mb >= 1, "must be >= 1"),

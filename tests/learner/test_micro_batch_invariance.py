@@ -43,7 +43,8 @@ def _grads(model, batch, algo, micro_batch_size, old, ref):
     model.zero_grad()
     counts = (len(batch), float(batch.response_mask.sum()))
 
-    def forward(mb):
+    def forward(mb, name):
+        assert name == "plain"  # run_updates' default options allow nothing else
         logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
         return token_logprobs(logits[:, :-1], mb.targets)
 

@@ -6,9 +6,10 @@ import torch
 
 from learner.batching import collate, micro_batch_rows
 from learner.logprobs import batch_logprobs, micro_batch_logprobs, shared_prompt_logprobs
-from learner.shared_prompt import (
-    SharedPromptLayout, forward_tokens, pass_overhead_tokens, plan_micro_batches, prefers_shared, prompt_group_rows,
+from learner.micro_batch_plan import (
+    ForwardOptions, choose_forward, forward_tokens, pass_overhead_tokens, plan_micro_batches, prompt_group_rows,
 )
+from learner.shared_prompt import SharedPromptLayout
 from orchestrator.types import Episode, Problem
 
 
@@ -47,17 +48,25 @@ def test_layout_by_hand():
     assert torch.equal(placed != 0, mb.response_mask.bool())
 
 
+def _shares(mb, overhead):
+    return choose_forward(mb, ForwardOptions(share_overhead=overhead)) == "shared"
+
+
+def _plan(batch, size, overhead):
+    return plan_micro_batches(batch, size, ForwardOptions(share_overhead=overhead))
+
+
 def test_token_counts_and_choice_by_hand():
     # 4 rows of one 10-token prompt, responses 2, 3, 4, 5: plain 4 x 15 = 60, shared 9 + 4 x 5 = 29
     mb = collate([_ep(range(1, 11), range(20, 20 + r)) for r in (2, 3, 4, 5)])
     assert forward_tokens(mb, shared=False) == 60 and forward_tokens(mb, shared=True) == 29
-    assert prefers_shared(mb, 0) and prefers_shared(mb, 30)
-    assert not prefers_shared(mb, 31)  # saving exactly the extra pass's cost: not worth it
-    assert not prefers_shared(mb, None)  # sharing off
+    assert _shares(mb, 0) and _shares(mb, 30)
+    assert not _shares(mb, 31)  # saving exactly the extra pass's cost: not worth it
+    assert not _shares(mb, None)  # sharing off
     # every row its own prompt: sharing only drops each row's last position (never scored), 4 tokens
     distinct = collate([_ep([i, i + 1], [30, 31]) for i in range(1, 5)])
     assert forward_tokens(distinct, shared=True) == 4 * 1 + 4 * 2 and forward_tokens(distinct, shared=False) == 16
-    assert not prefers_shared(distinct, 4)
+    assert not _shares(distinct, 4)
 
 
 def test_plan_keeps_groups_together_only_when_cheaper():
@@ -71,12 +80,12 @@ def test_plan_keeps_groups_together_only_when_cheaper():
     # grouped + shared: (29 + 4 x 7) + (29 + 4 x 8) = 118 tokens; the length-sorted split mixes the groups
     # (rows 0, 4, 1, 5 | 2, 6, 3, 7): (2 x 29 + 4 x 4) + (2 x 29 + 4 x 8) = 164
     assert plain == [[0, 4, 1, 5], [2, 6, 3, 7]]
-    assert plan_micro_batches(long_prompt, 4, 0) == grouped
-    assert plan_micro_batches(long_prompt, 4, None) == plain
+    assert _plan(long_prompt, 4, 0) == [(rows, "shared") for rows in grouped]
+    assert _plan(long_prompt, 4, None) == [(rows, "plain") for rows in plain]
     # with a 1000-token pass cost nothing is shared: plain forwards, 4 x 34 + 4 x 38 = 288 tokens for the
     # length-sorted split against 4 x 37 + 4 x 38 = 300 for the grouped one
-    assert plan_micro_batches(long_prompt, 4, 1000) == plain
-    assert len(plan_micro_batches(long_prompt, 3, 0)) == math.ceil(8 / 3)
+    assert _plan(long_prompt, 4, 1000) == [(rows, "plain") for rows in plain]
+    assert len(_plan(long_prompt, 3, 0)) == math.ceil(8 / 3)
 
 
 def test_overhead_table():
@@ -92,24 +101,28 @@ def _mixed_batch():
     ])
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_shared_forward_equals_plain_forward(attn):
-    """Same logprobs on every response token (and exact zeros elsewhere), same gradients, for prompts of
-    different lengths (left padding), a one-token response and a prompt with a single row."""
-    model = _tiny_llama(attn)
-    mb = _mixed_batch()
+def assert_matches_plain_forward(model, mb, forward):
+    """``forward(mb)`` (temperature 0.7) gives the plain forward's logprobs on every response token, exact
+    zeros elsewhere, and through them the same gradients."""
     mask = mb.response_mask
     plain = batch_logprobs(model, mb, temperature=0.7) * mask
     (plain * torch.linspace(0.5, 1.5, plain.shape[1])).sum().backward()
     plain_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    shared = shared_prompt_logprobs(model, mb, temperature=0.7)
-    assert shared.shape == plain.shape
-    assert torch.allclose(shared, plain, atol=1e-5), (shared - plain).abs().max()
-    assert torch.all(shared[mask == 0] == 0) and plain.abs().sum() > 0
-    (shared * torch.linspace(0.5, 1.5, shared.shape[1])).sum().backward()
+    other = forward(mb)
+    assert other.shape == plain.shape
+    assert torch.allclose(other, plain, atol=1e-5), (other - plain).abs().max()
+    assert torch.all(other[mask == 0] == 0) and plain.abs().sum() > 0
+    (other * torch.linspace(0.5, 1.5, other.shape[1])).sum().backward()
     for (name, p), g in zip(model.named_parameters(), plain_grads):
         assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6), f"{name}: {(p.grad - g).abs().max():.2e}"
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_shared_forward_equals_plain_forward(attn):
+    """For prompts of different lengths (left padding), a one-token response and a prompt with a single row."""
+    model = _tiny_llama(attn)
+    assert_matches_plain_forward(model, _mixed_batch(), lambda mb: shared_prompt_logprobs(model, mb, temperature=0.7))
 
 
 @pytest.mark.parametrize("rows", [
@@ -125,7 +138,7 @@ def test_edge_lengths_match_plain_forward(rows):
     assert plain.abs().sum() > 0 and torch.allclose(shared, plain, atol=1e-6)
 
 
-def test_micro_batch_logprobs_falls_back_to_plain():
+def test_micro_batch_logprobs_runs_the_forward_it_is_given():
     model = _tiny_llama()
     mb = _mixed_batch()
     calls = {"model": [], "decoder": []}
@@ -134,13 +147,19 @@ def test_micro_batch_logprobs_falls_back_to_plain():
     model.model.register_forward_pre_hook(lambda m, args, kw: calls["decoder"].append(tuple(kw["input_ids"].shape)),
                                           with_kwargs=True)
     with torch.no_grad():
-        micro_batch_logprobs(model, mb, 1.0, share_overhead=None)
+        micro_batch_logprobs(model, mb, 1.0, "plain")
         assert calls == {"model": [(6, 9)], "decoder": [(6, 9)]}  # plain: one pass over prompt + response
         calls["model"].clear(), calls["decoder"].clear()
-        micro_batch_logprobs(model, mb, 1.0, share_overhead=0)
-    # plain 6 rows x 9 = 54 tokens, shared 3 prompts x 3 + 6 rows x 6 = 45: the decoder alone over the
-    # 3 distinct prompts (but their last token), then the whole model over the 6 responses
-    assert calls == {"model": [(6, 6)], "decoder": [(3, 3), (6, 6)]}
+        micro_batch_logprobs(model, mb, 1.0, "shared")
+        # shared: the decoder alone over the 3 distinct prompts (but their last token), then the whole
+        # model over the 6 rows' prompt-last token + responses (6 wide)
+        assert calls == {"model": [(6, 6)], "decoder": [(3, 3), (6, 6)]}
+        calls["model"].clear(), calls["decoder"].clear()
+        micro_batch_logprobs(model, mb, 1.0, "packed")
+        # packed: one row, prompts 4 + 2 + 3 tokens and responses but their last 4 + 0 + 2 + 3 + 1 + 5
+        assert calls == {"model": [(1, 24)], "decoder": [(1, 24)]}
+        with pytest.raises(ValueError, match="unknown forward"):
+            micro_batch_logprobs(model, mb, 1.0, "padded")
 
 
 def test_no_cache_is_a_clear_error():
@@ -151,9 +170,11 @@ def test_no_cache_is_a_clear_error():
         shared_prompt_logprobs(model, _mixed_batch(), 1.0)
 
 
-def test_update_with_shared_prompts_equals_plain_update():
+@pytest.mark.parametrize("options", [ForwardOptions(share_overhead=0), ForwardOptions(pack=True)],
+                         ids=["shared", "packed"])
+def test_update_with_shared_prompts_equals_plain_update(options):
     """A whole GRPO update (run_updates: plan, forward, clipped loss with KL, backward) gives the same loss
-    and gradient with and without shared prompts, and the shared plan really shares."""
+    and gradient with and without a forward that shares prompts, and the plan really uses it."""
     from types import SimpleNamespace
 
     from learner.algorithm import outcome_advantages
@@ -170,13 +191,14 @@ def test_update_with_shared_prompts_equals_plain_update():
                            loss_agg="seq-mean-token-mean")
     model = _tiny_llama()
     results = {}
-    for overhead in (None, 0):
+    for name, opts in (("plain", ForwardOptions()), ("other", options)):
         model.zero_grad()
         sums = run_updates(batch, old.clone(), ref, False, algo, 4, (12, float(batch.response_mask.sum())),
-                           lambda mb: micro_batch_logprobs(model, mb, 1.0, share_overhead=overhead),
-                           lambda loss: loss.backward(), "test", share_overhead=overhead)
-        results[overhead] = (sums, torch.cat([p.grad.flatten() for p in model.parameters()]))
-    (plain, g_plain), (shared, g_shared) = results[None], results[0]
-    assert plain["shared_prompt_rows"] == 0 and shared["shared_prompt_rows"] == 12
-    assert shared["loss"] == pytest.approx(plain["loss"], rel=1e-5, abs=1e-7)
-    assert g_plain.abs().sum() > 0 and torch.allclose(g_shared, g_plain, rtol=1e-4, atol=1e-7)
+                           lambda mb, forward: micro_batch_logprobs(model, mb, 1.0, forward),
+                           lambda loss: loss.backward(), "test", options=opts)
+        results[name] = (sums, torch.cat([p.grad.flatten() for p in model.parameters()]))
+    (plain, g_plain), (other, g_other) = results["plain"], results["other"]
+    used = "shared" if options.share_overhead is not None else "packed"
+    assert plain["shared_rows"] == plain["packed_rows"] == 0 and other[f"{used}_rows"] == 12
+    assert other["loss"] == pytest.approx(plain["loss"], rel=1e-5, abs=1e-7)
+    assert g_plain.abs().sum() > 0 and torch.allclose(g_other, g_plain, rtol=1e-4, atol=1e-7)

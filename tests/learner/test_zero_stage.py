@@ -1,6 +1,4 @@
 """learner.zero_stage: None picks ZeRO-0 for one rank (nothing to partition) and ZeRO-2 for several."""
-from types import SimpleNamespace
-
 import pytest
 
 from learner.trainer import deepspeed_config, resolve_zero_stage
@@ -12,12 +10,12 @@ def test_resolve_zero_stage(setting, world, stage):
     assert resolve_zero_stage(setting, world) == stage
 
 
-def test_deepspeed_config_carries_the_resolved_stage():
-    lcfg = SimpleNamespace(zero_stage=None, grad_clip=1.0)
-    one = deepspeed_config(lcfg, micro_batch_size=8, grad_accum=4, world_size=1, bf16=True)
-    two = deepspeed_config(lcfg, micro_batch_size=8, grad_accum=2, world_size=2, bf16=False)
+def test_deepspeed_config_carries_the_stage():
+    one = deepspeed_config(1.0, micro_batch_size=8, grad_accum=4, world_size=1, bf16=True, zero_stage=0)
+    two = deepspeed_config(0.5, micro_batch_size=8, grad_accum=2, world_size=2, bf16=False, zero_stage=2)
     assert one["zero_optimization"] == {"stage": 0} and two["zero_optimization"] == {"stage": 2}
     assert one["train_batch_size"] == 32 == two["train_batch_size"] and one["bf16"] == {"enabled": True}
+    assert one["gradient_clipping"] == 1.0 and two["gradient_clipping"] == 0.5
 
 
 def test_zero_stage_config_values():
