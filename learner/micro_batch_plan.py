@@ -80,7 +80,7 @@ def forward_costs(mb: TokenBatch, options: ForwardOptions) -> dict[str, float]:
     """Cost of each forward ``options`` allow for this micro-batch (plain always)."""
     w = options.pair_weight
     prompts, responses = mb.row_parts()
-    width = max(p + r for p, r in zip(prompts, responses))
+    width = mb.input_ids.shape[1]  # TokenBatch.select trims micro-batches to their longest row
     costs = {"plain": len(mb) * width * (1 + w * width)}
     if options.share_overhead is not None and prompts and max(responses) >= 1:
         k, head, tail = len(set(mb.prompt_keys())), max(prompts) - 1, max(responses)

@@ -146,3 +146,11 @@ def test_packed_sequences_config():
     assert load_config(None, ["learner.packed_sequences=false"]).learner.packed_sequences is False
     with pytest.raises(ConfigError, match="learner.packed_sequences"):
         load_config(None, ["learner.packed_sequences=true", "learner.attn_implementation=flash_attention_2"])
+
+
+def test_plan_without_prompt_lengths_stays_plain():
+    # a TokenBatch built without prompt lengths cannot share or pack prompts: the length-sorted plain split
+    batch = collate([_ep([1, 2], [3, 4, 5]), _ep([1, 2], [6]), _ep([7], [8, 9])])
+    batch.prompt_lengths = []
+    plan = plan_micro_batches(batch, 2, ForwardOptions(share_overhead=0, pack=True, pair_weight=0.01))
+    assert plan == [([1, 2], "plain"), ([0], "plain")]
