@@ -233,8 +233,8 @@ class LearnerConfig:
     rows share one prompt); micro-batches then keep a group's rows together when that costs less. The
     shared forward is two passes: None (default) uses it for a micro-batch only when it saves more tokens
     than a pass's fixed cost (measured on CPU: 160 tokens in bf16, 96 in fp32; see learner/micro_batch_plan.py),
-    true whenever it saves any, false never. The policy keeps the plain forward under gradient_checkpointing
-    and under ZeRO-3 with several ranks."""
+    true whenever it saves any, false never. The policy's passes never use it under gradient_checkpointing
+    (training) or ZeRO-3 with several ranks; they keep the plain or packed forward there."""
     packed_sequences: Optional[bool] = None
     """Run each micro-batch as one row: its distinct prompts once and its responses unpadded, behind a 4-D
     attention mask that keeps every token's view of its own prompt + response (same logprobs and
