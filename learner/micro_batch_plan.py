@@ -66,13 +66,11 @@ def attention_pair_weight(config, linear_params: int) -> float:
     return 2 * config.num_hidden_layers * heads * head_dim / max(linear_params, 1)
 
 
-def forward_tokens(mb: TokenBatch, shared: bool) -> int:
-    """Token positions the model computes for a micro-batch, plain (every row padded to the longest
-    prompt + response) or shared (each distinct prompt but its last token once, padded to the longest,
-    plus, per row, that last token and the response, padded to the longest response)."""
+def shared_forward_tokens(mb: TokenBatch) -> int:
+    """Token positions the shared forward computes for a micro-batch: each distinct prompt but its last
+    token once, padded to the longest, plus, per row, that last token and the response, padded to the
+    longest response. (The plain forward computes ``len(mb) x`` the micro-batch's width.)"""
     prompts, responses = mb.row_parts()
-    if not shared:
-        return len(mb) * max(p + r for p, r in zip(prompts, responses))
     return len(set(mb.prompt_keys())) * (max(prompts) - 1) + len(mb) * max(responses)
 
 
@@ -84,7 +82,7 @@ def forward_costs(mb: TokenBatch, options: ForwardOptions) -> dict[str, float]:
     costs = {"plain": len(mb) * width * (1 + w * width)}
     if options.share_overhead is not None and prompts and max(responses) >= 1:
         k, head, tail = len(set(mb.prompt_keys())), max(prompts) - 1, max(responses)
-        costs["shared"] = (forward_tokens(mb, shared=True) + options.share_overhead
+        costs["shared"] = (shared_forward_tokens(mb) + options.share_overhead
                            + w * (k * head * head + len(mb) * tail * (head + tail)))
     if options.pack and prompts and max(responses) >= 1:
         n = packed_tokens(mb)

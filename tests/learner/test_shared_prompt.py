@@ -7,7 +7,8 @@ import torch
 from learner.batching import collate, micro_batch_rows
 from learner.logprobs import batch_logprobs, micro_batch_logprobs, shared_prompt_logprobs
 from learner.micro_batch_plan import (
-    ForwardOptions, choose_forward, forward_tokens, pass_overhead_tokens, plan_micro_batches, prompt_group_rows,
+    ForwardOptions, choose_forward, forward_costs, pass_overhead_tokens, plan_micro_batches, prompt_group_rows,
+    shared_forward_tokens,
 )
 from learner.shared_prompt import SharedPromptLayout
 from orchestrator.types import Episode, Problem
@@ -59,13 +60,13 @@ def _plan(batch, size, overhead):
 def test_token_counts_and_choice_by_hand():
     # 4 rows of one 10-token prompt, responses 2, 3, 4, 5: plain 4 x 15 = 60, shared 9 + 4 x 5 = 29
     mb = collate([_ep(range(1, 11), range(20, 20 + r)) for r in (2, 3, 4, 5)])
-    assert forward_tokens(mb, shared=False) == 60 and forward_tokens(mb, shared=True) == 29
+    assert forward_costs(mb, ForwardOptions())["plain"] == 60 and shared_forward_tokens(mb) == 29
     assert _shares(mb, 0) and _shares(mb, 30)
     assert not _shares(mb, 31)  # saving exactly the extra pass's cost: not worth it
     assert not _shares(mb, None)  # sharing off
     # every row its own prompt: sharing only drops each row's last position (never scored), 4 tokens
     distinct = collate([_ep([i, i + 1], [30, 31]) for i in range(1, 5)])
-    assert forward_tokens(distinct, shared=True) == 4 * 1 + 4 * 2 and forward_tokens(distinct, shared=False) == 16
+    assert shared_forward_tokens(distinct) == 4 * 1 + 4 * 2 and forward_costs(distinct, ForwardOptions())["plain"] == 16
     assert not _shares(distinct, 4)
 
 
