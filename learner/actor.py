@@ -212,3 +212,9 @@ class RewardModelLearner:
 
     def save(self, out_dir: str) -> str:
         return self.trainer.save(out_dir)
+
+    def save_state(self, out_dir: str) -> None:
+        self.trainer.save_state(out_dir)
+
+    def load_state(self, in_dir: str) -> int:
+        return self.trainer.load_state(in_dir)

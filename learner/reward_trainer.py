@@ -8,6 +8,7 @@ the verifier outcome at the last token (ORM) or a Math-Shepherd step label at ea
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import Optional, Sequence
@@ -53,6 +54,8 @@ class RewardModelTrainer:
                  max_prompt_tokens: int = 512, on_gpu: bool = False, seed: int = 0, trust_remote_code: bool = False):
         import deepspeed
 
+        from learner.trainer import resolve_zero_stage
+
         self.kind, self.cfg, self.seed = kind, rm_cfg, seed
         self.system_prompt, self.max_prompt_tokens = system_prompt, max_prompt_tokens
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
@@ -66,7 +69,7 @@ class RewardModelTrainer:
             "train_micro_batch_size_per_gpu": rm_cfg.micro_batch_size,
             "gradient_accumulation_steps": 1,
             "train_batch_size": rm_cfg.micro_batch_size,
-            "zero_optimization": {"stage": rm_cfg.zero_stage},
+            "zero_optimization": {"stage": resolve_zero_stage(rm_cfg.zero_stage, world_size=1)},
             "gradient_clipping": 1.0,
             "bf16": {"enabled": on_gpu},
             "zero_allow_untested_optimizer": True,
@@ -134,6 +137,21 @@ class RewardModelTrainer:
         return {"loss": float(pointwise_loss(logits, labels)), "accuracy": binary_accuracy(logits, labels),
                 "auc": ranking_accuracy(logits, labels), "positions": int(labels.numel()),
                 "positive_frac": float((labels >= 0.5).float().mean())}
+
+    def save_state(self, out_dir: str) -> None:
+        """What continuing training needs beyond the served weights: DeepSpeed state (weights, AdamW
+        moments, step counts) and the round counter that seeds each round's shuffle."""
+        self.engine.save_checkpoint(out_dir, tag="state", save_latest=False,
+                                    client_state={"rounds": self.rounds, "optimizer_steps": self.optimizer_steps})
+
+    def load_state(self, in_dir: str) -> int:
+        """Restore ``save_state``'s folder; returns the rounds trained so far."""
+        if not os.path.isdir(os.path.join(in_dir, "state")):  # DeepSpeed itself fails with a bare assert
+            raise RuntimeError(f"no reward-model trainer state under {in_dir}")
+        _, client = self.engine.load_checkpoint(in_dir, tag="state", load_optimizer_states=True,
+                                                load_lr_scheduler_states=False)
+        self.rounds, self.optimizer_steps = int(client["rounds"]), int(client["optimizer_steps"])
+        return self.rounds
 
     def save(self, out_dir: str) -> str:
         """The reward model as a Hugging Face folder (fp32 on CPU), written atomically."""

@@ -332,11 +332,11 @@ class PolicyTrainer:
         """Restore ``save_state``'s folder; returns the policy version (updates applied) it holds."""
         from safetensors.torch import load_model
 
-        self.reference_version += 1  # the reference is replaced below
-        path, client = self.engine.load_checkpoint(os.path.join(in_dir, "deepspeed"), tag="state",
-                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
-        if path is None:
+        if not os.path.isdir(os.path.join(in_dir, "deepspeed", "state")):  # DeepSpeed fails with a bare assert
             raise RuntimeError(f"no DeepSpeed state under {in_dir}/deepspeed")
+        self.reference_version += 1  # the reference is replaced below
+        _, client = self.engine.load_checkpoint(os.path.join(in_dir, "deepspeed"), tag="state",
+                                                load_optimizer_states=True, load_lr_scheduler_states=False)
         missing, unexpected = load_model(self.reference, os.path.join(in_dir, "reference.safetensors"), strict=False)
         if unexpected or [m for m in missing if m not in self._tied_names()]:
             raise RuntimeError(f"reference in {in_dir}: missing {missing}, unexpected {unexpected}")

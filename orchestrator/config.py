@@ -138,8 +138,9 @@ class RewardModelConfig:
     """Sequences per optimizer step of reward-model training."""
     train_last_layers: int = 0
     """Train only the scalar head, the final norm and the last N transformer layers (0 = the whole model)."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage of the reward-model trainer (0, 1 or 2)."""
+    zero_stage: Optional[int] = None
+    """DeepSpeed ZeRO stage of the reward-model trainer (0, 1 or 2); None = 0, as for the learner on one rank:
+    the trainer is a single rank, with nothing to partition."""
     num_cpus: float = 1.0
     """Ray CPUs reserved for the reward-model trainer actor."""
     num_gpus: float = 0.0

@@ -54,7 +54,7 @@ def validate(cfg) -> None:
         ("reward_model.epochs", cfg.reward_model.epochs >= 1, "must be >= 1"),
         ("reward_model.micro_batch_size", cfg.reward_model.micro_batch_size >= 1, "must be >= 1"),
         ("reward_model.train_last_layers", cfg.reward_model.train_last_layers >= 0, "must be >= 0"),
-        ("reward_model.zero_stage", cfg.reward_model.zero_stage in (0, 1, 2), "must be 0, 1 or 2"),
+        ("reward_model.zero_stage", cfg.reward_model.zero_stage in (None, 0, 1, 2), "must be 0, 1, 2 or null (auto)"),
         ("reward_model.heldout_frac", 0 <= cfg.reward_model.heldout_frac < 1, "must be in [0, 1)"),
         ("reward_model.bootstrap_questions", cfg.reward_model.bootstrap_questions >= 1, "must be >= 1"),
         ("reward_model.prm_rollouts_per_step", cfg.reward_model.prm_rollouts_per_step >= 1, "must be >= 1"),

@@ -30,6 +30,9 @@ from reward.prm_labels import expansion_plan, prefix_token_ids, step_labels
 from reward.process import Steps, segment
 from reward.replay import ReplayBuffer, mix_with_replay
 
+TRAINER_STATE = "reward_model_trainers"
+"""Checkpoint subfolder of each retrained reward model's trainer state (DeepSpeed: weights, AdamW moments)."""
+
 
 class IterativeError(RuntimeError):
     """Reward-model training or swapping failed; the message names the model and the iteration."""
@@ -127,9 +130,14 @@ class RewardModelRounds:
                 "models": {k: {"path": rewards.model_paths[k], "version": rewards.model_version[k]} for k in self.kinds}}
 
     def save(self, folder: str) -> None:
-        """Replay buffers and the samples waiting for the next round, into a checkpoint folder."""
+        """Replay buffers, the samples waiting for the next round and, where reward models are retrained,
+        their trainers' optimizer state, into a checkpoint folder."""
         for kind, buffer in self.buffers.items():
             shutil.copytree(buffer.directory, os.path.join(folder, "replay", kind))
+        if self.cfg.iterative.every_steps:
+            for kind, learner in self.learners.items():
+                self._get(f"{kind}-trainer", learner.save_state.remote(os.path.join(folder, TRAINER_STATE, kind)),
+                          f"checkpoint: {kind} reward-model trainer state")
         with open(os.path.join(folder, "rounds_recent.pkl"), "wb") as f:
             pickle.dump(self.recent, f)
 
@@ -140,6 +148,13 @@ class RewardModelRounds:
         if set(models) != set(self.kinds):
             raise IterativeError(f"checkpoint {folder} has reward models {sorted(models)}, this config uses {sorted(self.kinds)}")
         self._start_learners({k: models[k]["path"] for k in self.kinds if cfg.iterative.every_steps})
+        for kind, learner in self.learners.items():  # optimizer moments and round count, where saved
+            saved = os.path.join(folder, TRAINER_STATE, kind)
+            if os.path.isdir(saved):
+                self._get(f"{kind}-trainer", learner.load_state.remote(saved), f"resume: {kind} reward-model trainer state")
+            else:
+                print(f"resume: {folder} holds no {kind} reward-model trainer state (an older checkpoint); "
+                      "its trainer continues from the served weights with a fresh optimizer", flush=True)
         for kind in self.kinds:
             directory = self.buffers[kind].directory
             shutil.rmtree(directory, ignore_errors=True)

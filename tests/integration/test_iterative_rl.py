@@ -49,14 +49,25 @@ def _check_iterations(records, out, kind):
     assert (out / "final" / "model.safetensors").exists()
 
 
-def test_orm_two_iterations(tiny_model, tmp_path):
+def test_orm_two_iterations_and_resume(tiny_model, tmp_path):
     out = tmp_path / "orm"
     records = _train("configs/tiny_orm.yaml", out, f"model.path={tiny_model}", "data.questions_per_step=2",
-                     "reward_model.bootstrap_questions=8")
+                     "reward_model.bootstrap_questions=8", "output.checkpoint_every=1")
     _check_iterations(records, out, "orm")
     for r in records:  # rule_weight 0: the policy's reward is r_phi's alone
         assert r["reward/mean"] == pytest.approx(r["reward/orm_mean"], abs=1e-6)
         assert 0.0 <= r["reward/orm_rule_agreement"] <= 1.0
+
+    # resumed from step 1, r_phi's trainer continues from its saved optimizer state and counters: step 2's
+    # round adds its steps to step 1's count (a fresh trainer would count its own round only, fewer)
+    trainer_state = out / "checkpoints" / "step_1" / "reward_model_trainers" / "orm"
+    assert (trainer_state / "state").is_dir(), sorted(os.listdir(out / "checkpoints" / "step_1"))
+    resumed = _train(str(out / "config.yaml"), out, f"output.resume={out / 'checkpoints' / 'step_1'}")
+    assert [r["step"] for r in resumed] == [1, 2] and resumed[0] == records[0]  # step 1's record kept as it was
+    round_steps = records[1]["orm/optimizer_steps"] - records[0]["orm/optimizer_steps"]
+    assert 0 < round_steps < records[0]["orm/optimizer_steps"]
+    # same questions, same replay draw (the buffer's RNG state is in the checkpoint), so the same round size
+    assert resumed[1]["orm/optimizer_steps"] == records[1]["orm/optimizer_steps"]
 
 
 def test_prm_two_iterations(tiny_model, tmp_path):

@@ -127,3 +127,42 @@ def test_reward_model_that_fails_to_load_is_named(cluster, cfg, tmp_path):
             unloaded.score(_episodes([RMSample(Problem("u", "q", "1", "arithmetic"), ("1",), 1.0)]), timeout_s=60)
     finally:
         unloaded.shutdown()
+
+
+def test_trainer_state_continues_training_exactly(cluster, cfg, labelled, tiny_model, tmp_path):
+    """A trainer rebuilt from the served weights plus ``save_state``'s folder trains its next round like
+    the trainer that never stopped; one with a fresh optimizer (what a resume used to get) does not."""
+    from learner.actor import RewardModelLearner
+
+    samples = labelled[:24]  # 3 optimizer steps per round (micro-batches of 8, one epoch)
+
+    def start(path):
+        return ray.remote(RewardModelLearner).options(num_cpus=1).remote(cfg, "orm", path)
+
+    first = start(tiny_model)
+    ray.get(first.train.remote(samples, []))
+    served = ray.get(first.save.remote(str(tmp_path / "served")))
+    ray.get(first.save_state.remote(str(tmp_path / "state")))
+    uninterrupted = ray.get(first.train.remote(samples, []))
+    ray.kill(first)
+
+    resumed = start(served)
+    assert ray.get(resumed.load_state.remote(str(tmp_path / "state"))) == 1  # one round trained before
+    again = ray.get(resumed.train.remote(samples, []))
+    ray.kill(resumed)
+    fresh = start(served)
+    restarted = ray.get(fresh.train.remote(samples, []))
+    ray.kill(fresh)
+
+    assert uninterrupted["rm/optimizer_steps"] == again["rm/optimizer_steps"] == 6
+    assert restarted["rm/optimizer_steps"] == 3
+    for key in ("rm/loss_first_epoch", "rm/loss_last_epoch"):
+        assert again[key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-7)
+    # a fresh AdamW (and round 0's shuffle) takes other steps: the round's loss differs
+    assert abs(restarted["rm/loss_first_epoch"] - uninterrupted["rm/loss_first_epoch"]) > 1e-5
+    with pytest.raises(ray.exceptions.RayTaskError, match="no reward-model trainer state"):
+        empty = start(served)
+        try:
+            ray.get(empty.load_state.remote(str(tmp_path / "nothing-here")))
+        finally:
+            ray.kill(empty)
