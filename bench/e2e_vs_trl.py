@@ -102,6 +102,7 @@ def build_config(args: argparse.Namespace, out_dir: str):
     ]
     if args.gsm8k:
         overrides += ["data.task=gsm8k", f"data.train_file={args.gsm8k}"]
+    overrides += args.set  # our system only, e.g. rollout.enforce_eager=false (recorded in the result)
     return load_config(os.path.join(ROOT, "configs/tiny_cpu.yaml"), overrides), overrides
 
 
@@ -396,6 +397,8 @@ def main() -> None:
     ap.add_argument("--model", default=os.path.join(ROOT, "models/SmolLM2-135M-Instruct"))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs/bench/e2e_vs_trl.json"))
     ap.add_argument("--only", choices=("ours", "trl", "both"), default="both")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra config overrides for grpo-ray only (TRL has no counterpart for these)")
     args = ap.parse_args()
     batch = args.questions * args.group_size
     if args.micro_batch is None:

@@ -134,7 +134,23 @@ def main() -> None:
                   f"| HF `generate` (one batch of {rollout['hf_generate']['batch']} sequences) | {h:.1f} | "
                   f"{min(r['seconds'] for r in rollout['hf_generate']['runs']):.1f} |",
                   f"| ratio | **{rollout['speedup']:.2f}x** | |", "", f"![{name}](bench/{name}.png)", ""]
-    for name, label in (("e2e_vs_trl", "fp32"), ("e2e_vs_trl_bf16", "bf16 mixed precision")):
+    decode = load("decode_profile")
+    if decode:
+        r0 = decode["rows"][0]
+        lines += section(
+            "Inside a decode step (vLLM engine, profiled in-process)", decode,
+            f"{r0['rows']} rows decoding {decode['settings']['tokens']} tokens each (ignore_eos), all cores. "
+            "Milliseconds per decode step; `outside ops` is the step's time in no profiled op (scheduling, "
+            "Python). The matmuls' floors: a memcpy of the weights each step streams, and the step's matmul "
+            "FLOPs at the speed of one large `torch.mm` in that dtype.",
+            ["dtype", "mode", "engine start s", "tok/s", "ms/step", "matmul", "attention", "sampling", "other ops",
+             "outside ops", "weights memcpy", "FLOPs at mm speed", "matmul GFLOP/s (large mm)"],
+            [f"| {r['dtype']} | {r['mode']} | {r['engine_start_s']:.0f} | {r['tokens_per_s']:.0f} | {r['ms_per_step']:.0f} | "
+             + " | ".join(f"{r['profiled_ms_per_step'][k]:.0f}" for k in ("matmul", "attention", "sampling", "other", "outside_ops"))
+             + f" | {r['weights_memcpy_ms']:.0f} | {r['matmul_flops_ms']:.0f} | {r['matmul_gflops']:.0f} ({r['mm_gflops']:.0f}) |"
+             for r in decode["rows"]])
+    for name, label in (("e2e_vs_trl", "fp32"), ("e2e_vs_trl_fp32_compiled", "fp32, compiled engines"),
+                        ("e2e_vs_trl_bf16", "bf16 mixed precision")):
         e2e = load(name)
         if not (e2e and e2e.get("ours") and e2e.get("trl") and e2e.get("speedup_samples_per_s")):
             continue

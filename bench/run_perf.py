@@ -1,6 +1,6 @@
 """All performance benchmarks, one after the other, then docs/benchmarks.md:
 
-    python bench/run_perf.py            # or: make bench-perf   (about 60 minutes on 2 cores)
+    python bench/run_perf.py            # or: make bench-perf   (about 80 minutes on 2 cores)
     python bench/run_perf.py --only rollout sync
 
 Each benchmark runs in its own process (fresh Ray, nothing else competing for the cores) and writes
@@ -22,12 +22,17 @@ BENCHES = {
     # raw decoding speed: every sequence to the full length
     "rollout_fixed": ["bench/rollout_vs_hf.py", "--questions", "8", "--group-size", "8", "--max-new-tokens", "64",
                       "--ignore-eos", "--out", "docs/bench/rollout_vs_hf_fixed_length.json"],
+    # where an engine's decode step goes (matmuls vs their memcpy and FLOP floors), eager and compiled
+    "decode_profile": ["bench/decode_profile.py", "--dtype", "float32", "bfloat16", "--modes", "eager", "compiled"],
     "sync": ["bench/weight_sync.py", "--layers", "8", "15", "30"],
     # what the engine's reload spends on packing and copying every byte (bounds the sync ratio on CPU)
     "reload_profile": ["bench/reload_profile.py", "--dtype", "float32", "bfloat16"],
     "e2e": ["bench/e2e_vs_trl.py", "--steps", "4", "--warmup", "1"],
     "e2e_bf16": ["bench/e2e_vs_trl.py", "--steps", "4", "--warmup", "1", "--precision", "bf16",
                  "--out", "docs/bench/e2e_vs_trl_bf16.json"],
+    # fp32 again with compiled engines (about 70 s more per engine start, not counted in the steps)
+    "e2e_compiled": ["bench/e2e_vs_trl.py", "--steps", "4", "--warmup", "1", "--set", "rollout.enforce_eager=false",
+                     "--out", "docs/bench/e2e_vs_trl_fp32_compiled.json"],
     "breakdown": ["bench/step_breakdown.py", "--group-sizes", "4", "8", "16", "--workers", "1", "2", "--steps", "3"],
     # reward scoring after vs during generation, with a learned outcome reward model (a CPU forward per
     # sample; the untrained head on the policy's backbone costs the same as a trained one)

@@ -16,8 +16,10 @@ LOGPROB_TOL = 2e-3
 """Max |engine - learner| per token: both fp32, different kernels (vLLM CPU attention vs. torch SDPA)."""
 
 
-@pytest.fixture(scope="module")
-def actors(tiny_model):
+@pytest.fixture(scope="module", params=[True, False], ids=["eager", "compiled"])
+def actors(tiny_model, request):
+    """A learner and an engine; the engine eager (the default) or compiled (``rollout.enforce_eager=false``:
+    vLLM's torch.compile graph must read the reloaded weights, not the ones it was compiled with)."""
     from learner.actor import LearnerWorker
     from rollout.engine import RolloutEngine
 
@@ -26,7 +28,8 @@ def actors(tiny_model):
     cfg = load_config(str(ROOT / "configs/tiny_cpu.yaml"),
                       [f"model.path={tiny_model}", "learner.lr=1e-4", "learner.micro_batch_size=4", "learner.num_cpus=1"])
     engine = ray.remote(num_cpus=1)(RolloutEngine).remote(
-        tiny_model, dtype="float32", max_model_len=256, gpu_memory_utilization=0.25, seed=0)
+        tiny_model, dtype="float32", max_model_len=256, gpu_memory_utilization=0.25, seed=0,
+        enforce_eager=request.param)
     learner = ray.remote(num_cpus=1)(LearnerWorker).remote(cfg, batch_size=8)
     yield cfg, engine, learner
     ray.shutdown()
