@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
-from bench.results import save_result  # noqa: E402
+from bench.results import rows_in_subprocesses, save_result  # noqa: E402
 from bench.weight_sync import memcpy_seconds  # noqa: E402
 
 # op-name fragments of each part of a decode step (self CPU time of vLLM's CPU kernels and aten ops)
@@ -130,19 +130,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=os.path.join(ROOT, "docs/bench/decode_profile.json"))
     a = p.parse_args()
-    if len(a.dtype) * len(a.modes) > 1:  # one engine per process: a second one finds the first one's memory taken
-        import json
-        import subprocess
-        import tempfile
-
-        rows = []
-        for dtype in a.dtype:
-            for mode in a.modes:
-                with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-                    subprocess.run([sys.executable, __file__, "--model", a.model, "--dtype", dtype, "--modes", mode,
-                                    "--prompts", str(a.prompts), "--group-size", str(a.group_size), "--tokens",
-                                    str(a.tokens), "--repeats", str(a.repeats), "--out", tmp.name], check=True)
-                    rows += json.load(open(tmp.name))["rows"]
+    if len(a.dtype) * len(a.modes) > 1:  # each point in its own process
+        common = ["--model", a.model, "--prompts", str(a.prompts), "--group-size", str(a.group_size),
+                  "--tokens", str(a.tokens), "--repeats", str(a.repeats)]
+        rows = rows_in_subprocesses(__file__, [[*common, "--dtype", dtype, "--modes", mode]
+                                               for dtype in a.dtype for mode in a.modes])
         save_result(a.out, {"rows": rows, "settings": vars(a)})
         return
     r = profile_dtype(a.model, a.dtype[0], a.modes[0], a.prompts, a.group_size, a.tokens, a.repeats)

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
-from bench.results import save_result  # noqa: E402
+from bench.results import rows_in_subprocesses, save_result  # noqa: E402
 from bench.weight_sync import memcpy_seconds  # noqa: E402
 
 
@@ -80,17 +80,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=os.path.join(ROOT, "docs/bench/reload_profile.json"))
     a = p.parse_args()
-    if len(a.dtype) > 1:  # one engine per process: a second in-process engine finds the first one's memory taken
-        import json
-        import subprocess
-        import tempfile
-
-        rows = []
-        for dtype in a.dtype:
-            with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-                subprocess.run([sys.executable, __file__, "--model", a.model, "--dtype", dtype, "--repeats",
-                                str(a.repeats), "--out", tmp.name], check=True)
-                rows += json.load(open(tmp.name))["rows"]
+    if len(a.dtype) > 1:  # each dtype in its own process
+        rows = rows_in_subprocesses(__file__, [["--model", a.model, "--dtype", dtype, "--repeats", str(a.repeats)]
+                                               for dtype in a.dtype])
         save_result(a.out, {"rows": rows, "settings": vars(a)})
         return
     r = profile_dtype(a.model, a.dtype[0], a.repeats)
