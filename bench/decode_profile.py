@@ -61,8 +61,8 @@ def mm_gflops(dtype, size: int = 1024, repeats: int = 5) -> float:
 
 
 def linear_params(model_path: str) -> tuple[int, int]:
-    """(parameters the decode matmuls multiply by each step, their bytes per element count): every 2-D
-    weight except the input embedding, counted once more as the LM head when the two are tied."""
+    """(parameters the decode matmuls multiply by each step, decoder layers): every 2-D weight except the
+    input embedding, which is counted once more as the LM head when the two are tied."""
     import torch
     from transformers import AutoModelForCausalLM
 
