@@ -8,13 +8,13 @@ the verifier outcome at the last token (ORM) or a Math-Shepherd step label at ea
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from typing import Optional, Sequence
 
 import torch
 
+from learner.trainer import deepspeed_config, load_engine_state, resolve_zero_stage, save_engine_state
 from orchestrator.types import RMSample
 from reward.model import encode_sample, load_backbone, pad_right, save_reward_model, step_values, token_values
 from reward.rm_objective import binary_accuracy, pointwise_loss, ranking_accuracy
@@ -54,8 +54,6 @@ class RewardModelTrainer:
                  max_prompt_tokens: int = 512, on_gpu: bool = False, seed: int = 0, trust_remote_code: bool = False):
         import deepspeed
 
-        from learner.trainer import resolve_zero_stage
-
         self.kind, self.cfg, self.seed = kind, rm_cfg, seed
         self.system_prompt, self.max_prompt_tokens = system_prompt, max_prompt_tokens
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
@@ -65,16 +63,8 @@ class RewardModelTrainer:
         if rm_cfg.train_last_layers:
             freeze_all_but_last(model, rm_cfg.train_last_layers)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=rm_cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-        ds_cfg = {
-            "train_micro_batch_size_per_gpu": rm_cfg.micro_batch_size,
-            "gradient_accumulation_steps": 1,
-            "train_batch_size": rm_cfg.micro_batch_size,
-            "zero_optimization": {"stage": resolve_zero_stage(rm_cfg.zero_stage, world_size=1)},
-            "gradient_clipping": 1.0,
-            "bf16": {"enabled": on_gpu},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-        }
+        ds_cfg = deepspeed_config(grad_clip=1.0, micro_batch_size=rm_cfg.micro_batch_size, grad_accum=1, world_size=1,
+                                  bf16=on_gpu, zero_stage=resolve_zero_stage(rm_cfg.zero_stage, world_size=1))
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
         self.optimizer_steps = 0
         self.rounds = 0
@@ -141,15 +131,11 @@ class RewardModelTrainer:
     def save_state(self, out_dir: str) -> None:
         """What continuing training needs beyond the served weights: DeepSpeed state (weights, AdamW
         moments, step counts) and the round counter that seeds each round's shuffle."""
-        self.engine.save_checkpoint(out_dir, tag="state", save_latest=False,
-                                    client_state={"rounds": self.rounds, "optimizer_steps": self.optimizer_steps})
+        save_engine_state(self.engine, out_dir, {"rounds": self.rounds, "optimizer_steps": self.optimizer_steps})
 
     def load_state(self, in_dir: str) -> int:
         """Restore ``save_state``'s folder; returns the rounds trained so far."""
-        if not os.path.isdir(os.path.join(in_dir, "state")):  # DeepSpeed itself fails with a bare assert
-            raise RuntimeError(f"no reward-model trainer state under {in_dir}")
-        _, client = self.engine.load_checkpoint(in_dir, tag="state", load_optimizer_states=True,
-                                                load_lr_scheduler_states=False)
+        client = load_engine_state(self.engine, in_dir, "reward-model trainer")
         self.rounds, self.optimizer_steps = int(client["rounds"]), int(client["optimizer_steps"])
         return self.rounds
 

@@ -57,6 +57,20 @@ def deepspeed_config(grad_clip: float, micro_batch_size: int, grad_accum: int, w
     }
 
 
+def save_engine_state(engine, folder: str, client_state: dict) -> None:
+    """DeepSpeed state (weights, optimizer moments, counters) plus ``client_state`` into ``folder``."""
+    engine.save_checkpoint(folder, tag="state", save_latest=False, client_state=client_state)
+
+
+def load_engine_state(engine, folder: str, what: str) -> dict:
+    """Restore ``save_engine_state``'s folder (optimizer moments included); returns its client state.
+    A folder without that state is an error naming ``what`` (DeepSpeed itself fails with a bare assert)."""
+    if not os.path.isdir(os.path.join(folder, "state")):
+        raise RuntimeError(f"no {what} state under {folder}")
+    _, client = engine.load_checkpoint(folder, tag="state", load_optimizer_states=True, load_lr_scheduler_states=False)
+    return client
+
+
 def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor], fill_old: bool, algo,
                 micro_batch_size: int, counts: tuple[int, float], forward: Callable, backward: Callable,
                 context: str, device=torch.device("cpu"), options: ForwardOptions = ForwardOptions()) -> dict:
@@ -321,8 +335,7 @@ class PolicyTrainer:
         counters), the reference model, the RNG; ``resume`` reads it back."""
         from safetensors.torch import save_model
 
-        self.engine.save_checkpoint(os.path.join(out_dir, "deepspeed"), tag="state",
-                                    client_state={"version": self.version}, save_latest=False)
+        save_engine_state(self.engine, os.path.join(out_dir, "deepspeed"), {"version": self.version})
         if self.rank == 0:
             save_model(self.reference, os.path.join(out_dir, "reference.safetensors"))
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.on_gpu else None}
@@ -332,11 +345,8 @@ class PolicyTrainer:
         """Restore ``save_state``'s folder; returns the policy version (updates applied) it holds."""
         from safetensors.torch import load_model
 
-        if not os.path.isdir(os.path.join(in_dir, "deepspeed", "state")):  # DeepSpeed fails with a bare assert
-            raise RuntimeError(f"no DeepSpeed state under {in_dir}/deepspeed")
+        client = load_engine_state(self.engine, os.path.join(in_dir, "deepspeed"), "DeepSpeed")
         self.reference_version += 1  # the reference is replaced below
-        _, client = self.engine.load_checkpoint(os.path.join(in_dir, "deepspeed"), tag="state",
-                                                load_optimizer_states=True, load_lr_scheduler_states=False)
         missing, unexpected = load_model(self.reference, os.path.join(in_dir, "reference.safetensors"), strict=False)
         if unexpected or [m for m in missing if m not in self._tied_names()]:
             raise RuntimeError(f"reference in {in_dir}: missing {missing}, unexpected {unexpected}")
