@@ -28,7 +28,7 @@ def held_out_accuracy(model: str, digits: int, seed: int, max_new_tokens: int, o
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"eval failed: {proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout)  # grpo eval prints its JSON alone on stdout
     p, n = result["accuracy"], result["n"]
     result["stderr"] = math.sqrt(p * (1 - p) / n)
     return result

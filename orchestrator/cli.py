@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import logging
 import os
 import sys
 
 
-def _train(args) -> int:
-    from orchestrator.config import load_config
-    from orchestrator.driver import Trainer, TrainingError
-
+def train_overrides(args) -> list[str]:
+    """The config overrides of ``grpo train``: the positional ones, then its shortcut flags."""
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"resources.address={args.address}")
@@ -19,7 +19,21 @@ def _train(args) -> int:
         overrides.append(f"output.dir={args.output_dir}")
     if args.resume:
         overrides.append(f"output.resume={args.resume}")
-    cfg = load_config(args.config, overrides)
+    return overrides
+
+
+def _train(args) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.driver import Trainer, TrainingError
+
+    cfg = load_config(args.config, train_overrides(args))
+    if args.dry_run:
+        from orchestrator.dry_run import describe, dry_run
+
+        plan = dry_run(cfg)
+        print("\n".join(describe(plan)), file=sys.stderr)
+        print(json.dumps(plan))
+        return 0
     trainer = Trainer(cfg)
     try:
         final = trainer.train()
@@ -33,18 +47,39 @@ def _train(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def stdout_for_results():
+    """File descriptor 1 points at stderr inside the block (vLLM's logs, its engine process's prints,
+    anything else that writes to stdout); the yielded stream writes to the real stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    results = os.fdopen(os.dup(saved), "w")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # also where sys.stdout is not fd 1
+            yield results
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        results.close()
+
+
 def _eval(args) -> int:
     from orchestrator.evaluate import evaluate, load_eval_problems
 
     problems = load_eval_problems(args.dataset, args.data_file, args.limit, digits=args.digits, seed=args.seed)
-    result, _ = evaluate(args.model, problems, max_new_tokens=args.max_new_tokens, samples=args.samples,
-                         temperature=args.temperature)
-    samples = result.pop("samples")
-    if args.output:
-        with open(args.output, "w") as f:
-            for s in samples:
-                f.write(json.dumps(s) + "\n")
-    print(json.dumps({"dataset": args.dataset, **result}))
+    with stdout_for_results() as results:
+        result, engine = evaluate(args.model, problems, max_new_tokens=args.max_new_tokens, samples=args.samples,
+                                  temperature=args.temperature)
+        del engine  # vLLM's shutdown lines too go to stderr
+        gc.collect()
+        samples = result.pop("samples")
+        if args.output:
+            with open(args.output, "w") as f:
+                for s in samples:
+                    f.write(json.dumps(s) + "\n")
+        print(json.dumps({"dataset": args.dataset, **result}), file=results, flush=True)
     return 0
 
 
@@ -64,6 +99,15 @@ def _prepare(args) -> int:
     from orchestrator.model_prep import prepare_tiny_model
 
     print(prepare_tiny_model(args.out, force=args.force))
+    return 0
+
+
+def _prepare_data(args) -> int:
+    from orchestrator.prepare_data import prepare_data
+
+    manifest = prepare_data(args.out, args.mirror, args.tasks.split(","),
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps({"out": args.out, "files": manifest}))
     return 0
 
 
@@ -90,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir", help="shortcut for output.dir=...")
     t.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
                    help="continue from the newest checkpoint in output.dir (or from CHECKPOINT)")
+    t.add_argument("--dry-run", action="store_true",
+                   help="pre-flight only (config, model, tokenizer, data, resources); print what would start")
     t.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. rollout.group_size=16")
     t.set_defaults(func=_train)
     e = sub.add_parser("eval", help="greedy accuracy, pass@k and maj@k of a model through vLLM")
@@ -112,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default="models/SmolLM2-135M-Instruct")
     m.add_argument("--force", action="store_true", help="rebuild even if present")
     m.set_defaults(func=_prepare)
+    d = sub.add_parser("prepare-data", help="write GSM8K and MATH to data/ (from the hub, or a local mirror)")
+    d.add_argument("--out", default="data", help="folder for <task>/{train,test}.jsonl and SOURCES.json")
+    d.add_argument("--from", dest="mirror", metavar="DIR",
+                   help="copy from a local mirror (DIR/gsm8k/*.jsonl, DIR/math/*.jsonl) instead of the hub")
+    d.add_argument("--tasks", default="gsm8k,math", help="comma-separated: gsm8k, math")
+    d.set_defaults(func=_prepare_data)
     c = sub.add_parser("config", help="print every config field with its default and meaning")
     c.set_defaults(func=_config)
     return p
@@ -124,10 +176,14 @@ def main(argv=None) -> int:
     from orchestrator.config import ConfigError
     from orchestrator.data import DataError
     from orchestrator.placement import PlacementError
+    from orchestrator.prepare_data import PrepareDataError
+
+    from orchestrator.driver import PreflightError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, CheckpointError, PlacementError) as e:
+    except (ConfigError, DataError, FileNotFoundError, CheckpointError, PlacementError, PrepareDataError,
+            PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -69,7 +69,10 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     """GPUs per engine (ignored on CPU)."""
     gpu_memory_utilization: float = 0.15
-    """vLLM KV-cache budget: share of GPU memory, or on CPU the share of RAM reserved for the KV cache."""
+    """vLLM's memory budget on GPU: the share of GPU memory for weights, activations and KV cache."""
+    kv_cache_gb: Optional[float] = None
+    """KV-cache size per engine in GiB; overrides gpu_memory_utilization. Unset: on GPU the budget
+    above decides, on CPU 1 GiB (a share of RAM is unreliable there: vLLM measures its NUMA node)."""
     num_cpus_per_worker: float = 1.0
     """Ray CPUs reserved per engine."""
     num_gpus_per_worker: float = 0.0

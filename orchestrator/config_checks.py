@@ -37,6 +37,7 @@ def validate(cfg) -> None:
         ("rollout.top_p", 0 < cfg.rollout.top_p <= 1, "must be in (0, 1]"),
         ("rollout.tensor_parallel_size", cfg.rollout.tensor_parallel_size >= 1, "must be >= 1"),
         ("rollout.gpu_memory_utilization", 0 < cfg.rollout.gpu_memory_utilization < 1, "must be in (0, 1)"),
+        ("rollout.kv_cache_gb", cfg.rollout.kv_cache_gb is None or cfg.rollout.kv_cache_gb > 0, "must be > 0"),
         ("reward.num_workers", cfg.reward.num_workers >= 1, "must be >= 1"),
         ("reward.timeout_s", cfg.reward.timeout_s > 0, "must be > 0"),
         ("reward.rule_weight", cfg.reward.rule_weight >= 0, "must be >= 0"),
@@ -130,9 +131,12 @@ def validate(cfg) -> None:
         path = getattr(cfg.reward, name)
         if path and path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
             raise ConfigError(f"config field reward.{name}={path!r}: no such reward-model folder")
-    if cfg.data.train_file and cfg.data.task != "arithmetic" and _looks_like_path(cfg.data.train_file):
-        if not os.path.exists(cfg.data.train_file):
-            raise ConfigError(f"config field data.train_file={cfg.data.train_file!r}: no such file")
+    for name in ("train_file", "eval_file"):
+        path = getattr(cfg.data, name)
+        if path and cfg.data.task != "arithmetic" and _looks_like_path(path) and not os.path.exists(path):
+            from orchestrator.data import missing_data_hint
+
+            raise ConfigError(f"config field data.{name}={path!r}: no such file" + missing_data_hint(path))
 
 
 def _looks_like_path(s: str) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from orchestrator.config import DataConfig
 from orchestrator.types import Problem
@@ -46,7 +46,7 @@ def _field(row: dict, name: str) -> str:
     return value
 
 
-def _gsm8k_row(row: dict) -> tuple[str, str]:
+def gsm8k_row(row: dict) -> tuple[str, str]:
     question, answer = _field(row, "question"), _field(row, "answer")
     gold = extract_gsm8k_answer(answer)
     if gold is None:
@@ -54,7 +54,7 @@ def _gsm8k_row(row: dict) -> tuple[str, str]:
     return question, gold
 
 
-def _math_row(row: dict) -> tuple[str, str]:
+def math_row(row: dict) -> tuple[str, str]:
     question = _field(row, "problem")
     answer = row.get("answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
@@ -71,24 +71,46 @@ def _is_local(source: str) -> bool:
     return source.endswith((".jsonl", ".json")) or source.startswith((".", "/", "~")) or os.path.exists(source)
 
 
-def _load_jsonl(path: str, task: str, parse_row: RowParser) -> list[Problem]:
+def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+    """(1-based line number, row) for each non-blank line; DataError names the file and line of a
+    line that is not UTF-8, not JSON or not a JSON object, and a missing file (with what to run)."""
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
-    base = os.path.basename(path)
-    problems = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+        raise DataError(f"{path}: no such file{missing_data_hint(path)}")
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise DataError(f"expected a JSON object, got {type(row).__name__}")
-                question, gold = parse_row(row)
-            except (json.JSONDecodeError, DataError) as err:
-                raise DataError(f"{path}:{line_no}: bad {task} row: {err}") from None
-            problems.append(Problem(uid=f"{base}:{line_no}", question=question, gold=gold, task=task))
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{line_no}: not UTF-8 ({err.reason} at byte {err.start})") from None
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: not JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+
+
+def missing_data_hint(path: str) -> str:
+    """What to run when a file of ``grpo prepare-data``'s layout (data/gsm8k, data/math) is missing."""
+    parts = os.path.normpath(path).split(os.sep)
+    if len(parts) < 3 or parts[-2] not in ("gsm8k", "math") or not parts[-1].endswith(".jsonl"):
+        return ""
+    root = os.path.join(*parts[:-2]) or os.sep
+    command = "grpo prepare-data" + ("" if root == "data" else f" --out {root}")
+    return f" (run `{command}` to download GSM8K and MATH, or `{command} --from DIR` to copy a local mirror)"
+
+
+def _load_jsonl(path: str, task: str, parse_row: RowParser) -> list[Problem]:
+    base = os.path.basename(path)
+    problems = []
+    for line_no, row in iter_jsonl(path):
+        try:
+            question, gold = parse_row(row)
+        except DataError as err:
+            raise DataError(f"{os.path.expanduser(path)}:{line_no}: bad {task} row: {err}") from None
+        problems.append(Problem(uid=f"{base}:{line_no}", question=question, gold=gold, task=task))
     if not problems:
         raise DataError(f"{path}: no {task} rows")
     return problems
@@ -135,12 +157,12 @@ def _load(source: str, task: str, parse_row: RowParser, default_split: str) -> l
 
 def load_gsm8k(source: str, default_split: str = "train") -> list[Problem]:
     """GSM8K rows {question, answer: '... #### n'} -> Problems with gold 'n'."""
-    return _load(source, "gsm8k", _gsm8k_row, default_split)
+    return _load(source, "gsm8k", gsm8k_row, default_split)
 
 
 def load_math(source: str, default_split: str = "train") -> list[Problem]:
     """MATH rows {problem, solution[, answer]} -> Problems with the LaTeX answer as gold."""
-    return _load(source, "math", _math_row, default_split)
+    return _load(source, "math", math_row, default_split)
 
 
 # -- synthetic arithmetic -----------------------------------------------------------------

@@ -31,30 +31,52 @@ class TrainingError(RuntimeError):
     """A step failed; the message names the step and the component."""
 
 
-def preflight(cfg: TrainConfig):
-    """Everything that can fail cheaply, before any actor starts: model, tokenizer, data, prompts."""
+class PreflightError(RuntimeError):
+    """A check before any actor starts failed; the message names the field, file or model."""
+
+
+@dataclasses.dataclass
+class Preflight:
+    """What pre-flight loaded: the tokenizer, the training questions and their prompts, the held-out
+    questions of periodic evaluation and theirs, and the checkpoint a resume starts from."""
+    tokenizer: object
+    problems: list
+    prompt_ids: list
+    eval_problems: list
+    eval_prompts: list
+    resume_from: Optional[str]
+
+
+def preflight(cfg: TrainConfig) -> Preflight:
+    """Everything that can fail cheaply, before any actor starts: model, tokenizer, data, prompts,
+    held-out questions, the checkpoint to resume. Each failure is one line naming the culprit."""
     from transformers import AutoConfig, AutoTokenizer
 
     from orchestrator.data import encode_prompts, load_problems
+    from orchestrator.model_prep import check_model_path
 
     path = cfg.model.path
-    if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or path.startswith("models/")):
-        hint = " (run `grpo prepare-model` to build the tiny model)" if "SmolLM2" in path else ""
-        raise FileNotFoundError(f"model.path={path!r} does not exist{hint}")
+    check_model_path(path, "model.path")
     try:
         AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - one clear line for any loading failure
-        raise RuntimeError(f"model.path={path!r}: cannot load config/tokenizer: {e}") from e
+        raise PreflightError(f"model.path={path!r}: cannot load config/tokenizer: {e}") from e
     problems = load_problems(cfg.data, "train", cfg.seed)
     if not problems:
-        raise RuntimeError(f"data: no training questions for task {cfg.data.task!r}")
+        raise PreflightError(f"data: no training questions for task {cfg.data.task!r}")
     prompt_ids = encode_prompts(tokenizer, problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
+    eval_problems = load_problems(cfg.data, "eval", cfg.seed)[: cfg.eval.num_questions] if cfg.eval.every_steps else []
+    if cfg.eval.every_steps and not eval_problems:
+        raise PreflightError("eval.every_steps is set but there are no held-out questions (data.eval_file)")
+    eval_prompts = encode_prompts(tokenizer, eval_problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
+    resume_from = None
     if cfg.output.resume:
-        from orchestrator.checkpoint import find_checkpoint
+        from orchestrator.checkpoint import find_checkpoint, list_checkpoints
 
-        find_checkpoint(cfg.output.dir, cfg.output.resume)
-    return tokenizer, problems, prompt_ids
+        if cfg.output.resume != "if_exists" or list_checkpoints(cfg.output.dir):
+            resume_from = find_checkpoint(cfg.output.dir, "auto" if cfg.output.resume == "if_exists" else cfg.output.resume)
+    return Preflight(tokenizer, problems, prompt_ids, eval_problems, eval_prompts, resume_from)
 
 
 def check_resources(cfg: TrainConfig) -> None:
@@ -76,14 +98,11 @@ def init_ray(cfg: TrainConfig) -> None:
     if cfg.resources.address:
         ray.init(address=cfg.resources.address, runtime_env=env, log_to_driver=True)
         return
-    from orchestrator.placement import role_demands, totals
+    from orchestrator.placement import local_ray_resources
 
-    need = totals(role_demands(cfg))
-    # Phases run one after another, so the local Ray may advertise more CPUs than the machine has.
-    num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(need.get("CPU", 0.0) + 0.999))
-    # the custom resources the roles ask for (rollout_node, ...) exist on the one local node
-    custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU")}
-    context = ray.init(num_cpus=num_cpus, resources=custom or None, include_dashboard=cfg.logging.dashboard,
+    local = local_ray_resources(cfg)
+    custom = {k: v for k, v in local.items() if k not in ("CPU", "GPU")}
+    context = ray.init(num_cpus=local["CPU"], resources=custom or None, include_dashboard=cfg.logging.dashboard,
                        runtime_env=env, log_to_driver=True)
     if cfg.logging.dashboard and getattr(context, "dashboard_url", None):
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
@@ -137,7 +156,7 @@ class Trainer:
         import ray
 
         from learner.actor import LearnerWorker
-        from orchestrator.data import QuestionSampler, encode_prompts, load_problems
+        from orchestrator.data import QuestionSampler
         from orchestrator.iterative import RewardModelRounds
         from orchestrator.placement import actor_options, learner_bundle, place, scheduling
         from reward.pool import RewardPool
@@ -145,7 +164,8 @@ class Trainer:
 
         cfg = self.cfg
         t0 = time.time()
-        self.tokenizer, problems, prompt_ids = preflight(cfg)
+        checked = preflight(cfg)
+        self.tokenizer, problems, prompt_ids = checked.tokenizer, checked.problems, checked.prompt_ids
         self.problems = problems
         self.prompt_ids = {p.uid: ids for p, ids in zip(problems, prompt_ids)}
         self.sampler = QuestionSampler(problems, cfg.data.questions_per_step, cfg.seed, cfg.data.shuffle)
@@ -172,10 +192,7 @@ class Trainer:
         if self.sync_mode == "nccl":
             self._init_nccl(dict(self.rollout.engines))
         print(f"actors ready in {time.time() - t0:.1f}s (weight sync: {self.sync_mode})", flush=True)
-        self.eval_problems = load_problems(cfg.data, "eval", cfg.seed)[: cfg.eval.num_questions] if cfg.eval.every_steps else []
-        if cfg.eval.every_steps and not self.eval_problems:
-            raise TrainingError("eval.every_steps is set but there are no held-out questions (data.eval_file)")
-        self.eval_prompts = encode_prompts(self.tokenizer, self.eval_problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
+        self.eval_problems, self.eval_prompts = checked.eval_problems, checked.eval_prompts
         self.reward_models = RewardModelRounds(self)
         self.start_metrics = {}
         if cfg.output.resume:

@@ -36,8 +36,9 @@ def evaluate(model: str, problems: list[Problem], max_new_tokens: int = 512, eng
     from rollout.engine import RolloutEngine, SamplingSpec
 
     if engine is None:
-        if not os.path.isdir(model) and model.startswith((".", "/", "models/")):
-            raise FileNotFoundError(f"--model {model!r} does not exist")
+        from orchestrator.model_prep import check_model_path
+
+        check_model_path(model, "--model")
         engine = RolloutEngine(os.path.abspath(model) if os.path.isdir(model) else model, dtype="float32",
                                max_model_len=max_prompt_tokens + max_new_tokens, gpu_memory_utilization=0.15)
     prompts = encode_prompts(engine.tokenizer, problems, system_prompt, max_prompt_tokens)

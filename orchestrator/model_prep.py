@@ -30,6 +30,27 @@ class ModelPrepError(RuntimeError):
     """The tiny model could not be built; the message says which step failed and why."""
 
 
+def looks_local(path: str) -> bool:
+    """Whether a model argument names a local folder rather than a hub model ('org/name')."""
+    first = path.split("/")[0]
+    return path.startswith((".", "/", "~")) or path.count("/") >= 2 or first in ("models", "outputs") \
+        or os.path.isdir(first)
+
+
+def check_model_path(path: str, what: str) -> None:
+    """FileNotFoundError (one line saying what to run first) if ``path`` names a local folder that
+    does not exist; hub names pass."""
+    if os.path.isdir(os.path.expanduser(path)) or not looks_local(path):
+        return
+    if os.path.basename(os.path.normpath(path)).startswith("SmolLM2"):
+        hint = " (run `grpo prepare-model` to build the tiny model)"
+    elif os.path.basename(os.path.normpath(path)) == "final":
+        hint = " (a run's final policy: `grpo train` writes it to <output.dir>/final when it ends)"
+    else:
+        hint = ""
+    raise FileNotFoundError(f"{what}={path!r} does not exist{hint}")
+
+
 def is_prepared(out_dir: str) -> bool:
     return os.path.exists(os.path.join(out_dir, _DONE_MARKER))
 

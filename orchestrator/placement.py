@@ -9,6 +9,7 @@ the role and the missing resources instead of waiting forever.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from typing import Mapping, Optional
@@ -65,6 +66,22 @@ def totals(demands: Mapping[str, list[dict]]) -> dict[str, float]:
             for key, amount in bundle.items():
                 need[key] += amount
     return dict(need)
+
+
+def local_ray_resources(cfg, gpus: Optional[int] = None) -> dict[str, float]:
+    """What the local Ray that ``grpo train`` starts (no ``--address``) advertises: CPUs, the GPUs it
+    detects (``gpus``, else CUDA's count) and every custom resource the roles ask for.
+
+    Phases run one after another, so it may advertise more CPUs than the machine has
+    (``resources.num_cpus`` sets the number)."""
+    need = totals(role_demands(cfg))
+    num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(need.get("CPU", 0.0) + 0.999))
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU")}
+    return {"CPU": float(num_cpus), "GPU": float(gpus), **custom}
 
 
 def check_cluster(demands: Mapping[str, list[dict]], available: Mapping[str, float]) -> None:

@@ -21,6 +21,19 @@ from orchestrator.types import Episode, Problem
 log = logging.getLogger(__name__)
 
 EXTENSION = "rollout.worker_extension.WeightSyncExtension"
+CPU_KV_CACHE_GB = 1.0
+"""KV cache of an engine without a GPU when ``kv_cache_gb`` is unset. vLLM's CPU backend would
+otherwise reserve ``gpu_memory_utilization`` x the memory of the engine's NUMA node for weights plus
+cache, and that node can be much smaller than the machine (9.5 of 24 GiB on one of our VMs), so the
+same fraction fails on one machine and wastes memory on another."""
+
+
+def kv_cache_bytes(kv_cache_gb: Optional[float], on_gpu: bool) -> Optional[int]:
+    """vLLM's ``kv_cache_memory_bytes``: the configured size, else CPU_KV_CACHE_GB without a GPU,
+    else None (``gpu_memory_utilization`` decides)."""
+    if kv_cache_gb is None and not on_gpu:
+        kv_cache_gb = CPU_KV_CACHE_GB
+    return None if kv_cache_gb is None else int(kv_cache_gb * 2**30)
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class RolloutEngine:
         dtype: str = "bfloat16",
         max_model_len: int = 2048,
         gpu_memory_utilization: float = 0.15,
+        kv_cache_gb: Optional[float] = None,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = True,
         enable_prefix_caching: bool = True,
@@ -51,6 +65,7 @@ class RolloutEngine:
         weight_transfer_backend: Optional[str] = None,
         name: str = "rollout-engine",
     ):
+        import torch
         from vllm import LLM
 
         from orchestrator.worker_metrics import WorkerGauges
@@ -74,6 +89,9 @@ class RolloutEngine:
             # comparable with the learner's logits / temperature.
             logprobs_mode="processed_logprobs",
         )
+        kv_bytes = kv_cache_bytes(kv_cache_gb, torch.cuda.is_available())
+        if kv_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = kv_bytes
         if weight_transfer_backend:
             kwargs["weight_transfer_config"] = {"backend": weight_transfer_backend}
         t0 = time.time()

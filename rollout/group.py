@@ -83,7 +83,7 @@ class RolloutGroup:
                 **actor_options(bundle), **scheduling(pg), runtime_env={"env_vars": env},
             ).remote(
                 model, dtype=self.dtype, max_model_len=self.max_model_len,
-                gpu_memory_utilization=rc.gpu_memory_utilization,
+                gpu_memory_utilization=rc.gpu_memory_utilization, kv_cache_gb=rc.kv_cache_gb,
                 tensor_parallel_size=rc.tensor_parallel_size if self.on_gpu else 1,
                 enforce_eager=rc.enforce_eager, enable_prefix_caching=rc.enable_prefix_caching,
                 seed=cfg.seed + self._next_index, trust_remote_code=cfg.model.trust_remote_code,

@@ -7,6 +7,31 @@ or over NCCL (GPU path, see ``rollout/nccl_sync.py``).
 """
 from __future__ import annotations
 
+import logging
+
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+"""The vLLM logger that reports layers whose weights a reload did not fill."""
+
+
+class ComputedBufferFilter(logging.Filter):
+    """Drops vLLM's "<layer>: Failed to load weights" warning for rotary-embedding layers.
+
+    At every reload vLLM warns about each layer that has tensors but received none. A rotary embedding's
+    only tensor is its cos/sin cache, computed from the config and never part of a checkpoint, so the
+    warning is always expected there. Every other layer's warning still passes: that one means a
+    weight really did not arrive."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == "%s: Failed to load weights" and args and str(args[0]).endswith("RotaryEmbedding"))
+
+
+def quiet_computed_buffers() -> None:
+    """Install ComputedBufferFilter once in this process (a worker: the filter lives where vLLM logs)."""
+    logger = logging.getLogger(RELOAD_LOGGER)
+    if not any(isinstance(f, ComputedBufferFilter) for f in logger.filters):
+        logger.addFilter(ComputedBufferFilter())
+
 
 class WeightSyncExtension:
     """Receives new policy weights inside each vLLM worker."""
@@ -19,6 +44,7 @@ class WeightSyncExtension:
         """
         from learner.weight_sync import mapped_safetensors
 
+        quiet_computed_buffers()
         tensors = mapped_safetensors(path)  # views of the file: nothing copied yet
         self.model_runner.reload_weights(weights_iterator=iter(tensors), is_checkpoint_format=True)
         return len(tensors)

@@ -26,6 +26,8 @@ def test_train_two_steps_moves_weights_and_reaches_engines(tiny_model, tmp_path)
                  "eval.every_steps=2", "eval.num_questions=8", "eval.samples=2", "learner.reference_overlap=true")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "[step 2/2]" in proc.stdout
+    # vLLM's warning about the rotary embedding's computed cache, at every sync, is filtered out
+    assert "Failed to load weights" not in proc.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     for key in ("reward/mean", "reward/std", "reward/accuracy", "loss/kl", "loss/loss", "loss/clip_frac",
@@ -67,7 +69,7 @@ def test_train_two_steps_moves_weights_and_reaches_engines(tiny_model, tmp_path)
                  str(SHARED_DATA / "gsm8k/train.jsonl"), "--limit", "3", "--max-new-tokens", "16",
                  "--samples", "4", "--output", str(per_question))
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout)  # stdout holds the result alone; vLLM's lines go to stderr
     assert result["n"] == 3 and 0.0 <= result["accuracy"] <= 1.0 and result["dataset"] == "gsm8k"
     rows = [json.loads(line) for line in per_question.read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["sampled"]) == 4 for r in rows)

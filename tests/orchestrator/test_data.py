@@ -73,7 +73,7 @@ def test_load_real_math():
 def test_bad_json_names_file_and_line(tmp_path):
     good = json.dumps({"question": "q", "answer": "x #### 3"})
     path = _write_jsonl(tmp_path / "broken.jsonl", [good, good, "{not json"])
-    with pytest.raises(DataError, match=r"broken\.jsonl:3: bad gsm8k row"):
+    with pytest.raises(DataError, match=r"broken\.jsonl:3: not JSON \(Expecting property name"):
         load_gsm8k(path)
 
 
