@@ -255,9 +255,10 @@ def test_bare_clone_says_what_to_run_first(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("cmd", [c for c in COMMANDS if c.is_grpo and not c.needs_cluster
                                  and c.argv[1] in ("train", "eval")], ids=lambda c: c.id)
-def test_readme_command_runs(cmd, sandbox, tiny_model):
+def test_readme_command_runs(cmd, sandbox, tiny_model, monkeypatch):
     """Training commands with --dry-run (pre-flight for real), evaluations on 2 questions; an evaluation
     of a README run's final policy uses the base model instead (no training here)."""
+    monkeypatch.chdir(sandbox)
     argv = list(cmd.argv[1:])
     if argv[0] == "train":
         args = parse_grpo(cmd)
