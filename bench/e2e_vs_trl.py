@@ -1,7 +1,7 @@
 """End-to-end GRPO throughput: this system against TRL's ``GRPOTrainer``, same settings, same machine.
 
     python bench/e2e_vs_trl.py                                   # 6 steps (1 warm-up), Q=4, G=8, L=64
-    python bench/e2e_vs_trl.py --steps 2 --warmup 1 --questions 1 --group-size 2 --max-new-tokens 8 --out /tmp/e2e.json
+    python bench/e2e_vs_trl.py --steps 2 --warmup 1 --questions 1 --group-size 2 --max-new-tokens 8 --out outputs/e2e.json
     python bench/e2e_vs_trl.py --only ours                       # or --only trl
 
 Both sides train the same model (fp32) on the same arithmetic questions, in the same order (our
@@ -28,7 +28,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import sys
@@ -37,6 +36,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench.results import command_line, repo_relative  # noqa: E402
 
 TRL_VERSION = "1.16.0"
 TRL_MISSING = f"TRL is not installed in this environment: .venv/bin/pip install --no-deps trl=={TRL_VERSION}"
@@ -430,13 +431,13 @@ def main() -> None:
             "ours_overrides": overrides, "trl": None,
         },
         "ours": None, "trl": None, "speedup_samples_per_s": None,
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "command": command_line(),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
 
     def write():
         with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(repo_relative(report), f, indent=2)
 
     if args.only in ("ours", "both"):
         report["ours"] = run_ours(args, cfg, batches)

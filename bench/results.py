@@ -5,12 +5,35 @@ import json
 import os
 import shlex
 import sys
+import tempfile
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repo_relative(value):
+    """``value`` with this checkout's absolute path made relative to the repository, this Python
+    named ``python`` and the temporary folder ``$TMPDIR``, in every string of nested dicts and lists:
+    recorded results name no path of the machine that made them."""
+    if isinstance(value, str):
+        value = value.replace(sys.executable, "python").replace(tempfile.gettempdir() + os.sep, "$TMPDIR/")
+        return value.replace(ROOT + os.sep, "").replace(ROOT, ".")
+    if isinstance(value, dict):
+        return {k: repo_relative(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [repo_relative(v) for v in value]
+    return value
+
+
+def command_line() -> str:
+    """How this benchmark was started, as a command run from the repository root."""
+    return repo_relative("python " + shlex.join(sys.argv))
 
 
 def save_result(path: str, data: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({**data, "command": "python " + shlex.join(sys.argv)}, f, indent=1)
+        json.dump(repo_relative({**data, "command": command_line()}), f, indent=1)
 
 
 def rows_in_subprocesses(script: str, arg_lists: list[list[str]]) -> list[dict]:
@@ -18,7 +41,6 @@ def rows_in_subprocesses(script: str, arg_lists: list[list[str]]) -> list[dict]:
     in-process vLLM engine per process: a second one finds the first one's memory taken), and return
     the "rows" of all their results, in order."""
     import subprocess
-    import tempfile
 
     rows: list[dict] = []
     for args in arg_lists:
