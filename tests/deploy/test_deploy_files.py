@@ -97,6 +97,17 @@ def test_cluster_launcher_has_three_independent_worker_types():
     assert any("$RAY_HEAD_IP" in c for c in cfg["worker_start_ray_commands"])
 
 
+def test_launcher_dashboard_is_public_only_with_token_auth():
+    cfg = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
+    assert any("--dashboard-host=0.0.0.0" in c for c in cfg["head_start_ray_commands"])
+    env = dict(o.split(" ", 1)[1].split("=", 1) for o in cfg["docker"]["run_options"] if o.startswith("--env "))
+    assert env["RAY_AUTH_MODE"] == "token"  # in every container: head, workers, the job driver
+    token = env["RAY_AUTH_TOKEN_PATH"]
+    assert token.startswith("/shared/")  # one token, seen by every node
+    (create,) = [c for c in cfg["head_setup_commands"] if token in c]
+    assert "umask 077" in create and "secrets.token_hex" in create and f"[ -s {token} ]" in create
+
+
 def test_gpu_extra_exists_in_pyproject():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -118,6 +129,11 @@ def test_rayjob_runs_train_on_three_worker_groups():
     assert "output.dir=/shared/runs/dsm7b" in entry
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] > 0
+    # a failed job is retried on a new cluster and continues from its checkpoints on the PVC
+    assert spec["backoffLimit"] >= 1 and "output.resume=if_exists" in entry
+    # the dashboard listens on 0.0.0.0 only with token authentication on
+    assert spec["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    assert spec["rayClusterSpec"]["authOptions"] == {"mode": "token"}
 
     cluster = spec["rayClusterSpec"]
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
