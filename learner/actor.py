@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from learner.batching import collate
-from learner.weight_sync import NcclWeightSender, free_port, pack_state_dict, shm_dir, write_safetensors
+from learner.weight_sync import NcclWeightSender, SharedWeightFile, free_port, pack_state_dict, sweep_weight_files
 from orchestrator.types import Batch
 
 log = logging.getLogger(__name__)
@@ -71,17 +71,24 @@ def _start_rank(num_gpus: float, num_cpus: float, rank: int = 0, world_size: int
 
 
 class LearnerWorker:
-    """One learner rank. Rank 0 also sends weights to the rollout engines."""
+    """One learner rank. Rank 0 also sends weights to the rollout engines.
+
+    ``run_id`` (``orchestrator.run_lock``; a fresh one when not given) names the shared-memory weight
+    file; a start first removes the weight files a killed earlier start of the same run left on this node.
+    """
 
     def __init__(self, cfg, batch_size: int, rank: int = 0, world_size: int = 1,
-                 master_addr: str = "127.0.0.1", master_port: Optional[int] = None):
+                 master_addr: str = "127.0.0.1", master_port: Optional[int] = None, run_id: Optional[str] = None):
         from learner.trainer import PolicyTrainer
+        from orchestrator.run_lock import new_run_id
 
+        self.run_id = run_id or new_run_id()
+        sweep_weight_files(self.run_id)
         _start_rank(cfg.learner.num_gpus, cfg.learner.num_cpus, rank, world_size, master_addr, master_port)
         self.trainer = PolicyTrainer(cfg, batch_size=batch_size, world_size=world_size, rank=rank)
         self.rollout_dtype = None
         self.nccl: Optional[NcclWeightSender] = None
-        self.weights_file: Optional[str] = None
+        self.weights_file: Optional[SharedWeightFile] = None
 
     def ping(self) -> int:
         return self.trainer.version
@@ -126,16 +133,16 @@ class LearnerWorker:
         else:
             named = list(module.named_parameters(remove_duplicate=False))
             named += [(n, b) for n, b in module.named_buffers() if not n.endswith("inv_freq")]
-        path = os.path.join(shm_dir(), f"grpo-weights-{os.getpid()}.safetensors")
-        write_safetensors(named, path, getattr(torch, dtype))
-        self.weights_file = path
-        log.debug("weights v%d written to %s", version, path)
-        return path, ray.get_runtime_context().get_node_id()
+        if self.weights_file is None:
+            self.weights_file = SharedWeightFile(self.run_id)
+        self.weights_file.write(named, getattr(torch, dtype))
+        log.debug("weights v%d written to %s", version, self.weights_file.path)
+        return self.weights_file.path, ray.get_runtime_context().get_node_id()
 
     def remove_weights_file(self) -> None:
-        if self.weights_file and os.path.exists(self.weights_file):
-            os.remove(self.weights_file)
-        self.weights_file = None
+        if self.weights_file is not None:
+            self.weights_file.remove()
+            self.weights_file = None
 
     def weights_nbytes(self, dtype: str) -> int:
         """Bytes a sync moves: every weight the engines receive, in their dtype."""

@@ -14,7 +14,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from learner.trainer import deepspeed_config, load_engine_state, resolve_zero_stage, save_engine_state
+from learner.state_io import load_engine_state, save_engine_state
+from learner.trainer import deepspeed_config, resolve_zero_stage
 from orchestrator.types import RMSample
 from reward.model import encode_sample, load_backbone, pad_right, save_reward_model, step_values, token_values
 from reward.rm_objective import binary_accuracy, pointwise_loss, ranking_accuracy

@@ -24,6 +24,7 @@ from learner.micro_batch_plan import (
 )
 from learner.packing import packed_tokens
 from learner.reference_cache import ReferenceCache
+from learner.state_io import RNG_FILE, load_engine_state, load_rng_state, save_engine_state, save_rng_state
 
 
 def resolve_dtype(name: str, on_gpu: bool) -> torch.dtype:
@@ -55,20 +56,6 @@ def deepspeed_config(grad_clip: float, micro_batch_size: int, grad_accum: int, w
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-
-
-def save_engine_state(engine, folder: str, client_state: dict) -> None:
-    """DeepSpeed state (weights, optimizer moments, counters) plus ``client_state`` into ``folder``."""
-    engine.save_checkpoint(folder, tag="state", save_latest=False, client_state=client_state)
-
-
-def load_engine_state(engine, folder: str, what: str) -> dict:
-    """Restore ``save_engine_state``'s folder (optimizer moments included); returns its client state.
-    A folder without that state is an error naming ``what`` (DeepSpeed itself fails with a bare assert)."""
-    if not os.path.isdir(os.path.join(folder, "state")):
-        raise RuntimeError(f"no {what} state under {folder}")
-    _, client = engine.load_checkpoint(folder, tag="state", load_optimizer_states=True, load_lr_scheduler_states=False)
-    return client
 
 
 def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor], fill_old: bool, algo,
@@ -338,8 +325,7 @@ class PolicyTrainer:
         save_engine_state(self.engine, os.path.join(out_dir, "deepspeed"), {"version": self.version})
         if self.rank == 0:
             save_model(self.reference, os.path.join(out_dir, "reference.safetensors"))
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.on_gpu else None}
-        torch.save(rng, os.path.join(out_dir, f"rng_rank{self.rank}.pt"))
+        save_rng_state(os.path.join(out_dir, RNG_FILE.format(rank=self.rank)), self.on_gpu)
 
     def load_state(self, in_dir: str) -> int:
         """Restore ``save_state``'s folder; returns the policy version (updates applied) it holds."""
@@ -351,10 +337,7 @@ class PolicyTrainer:
         if unexpected or [m for m in missing if m not in self._tied_names()]:
             raise RuntimeError(f"reference in {in_dir}: missing {missing}, unexpected {unexpected}")
         self.reference.to(self.device)
-        rng = torch.load(os.path.join(in_dir, f"rng_rank{self.rank}.pt"), weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        if self.on_gpu and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        load_rng_state(os.path.join(in_dir, RNG_FILE.format(rank=self.rank)), self.on_gpu)
         self.version = int(client["version"])
         return self.version
 

@@ -3,8 +3,9 @@
 Three paths, chosen by ``resources.weight_sync``:
 
 * ``shm`` (the default without GPUs): the learner writes its weights once, straight from the
-  parameters, into a safetensors file in shared memory (``write_safetensors``); engines on the same
-  node reload that file in every vLLM worker. Two copies in all (parameters -> file -> engine), which
+  parameters, into a safetensors file in shared memory (``SharedWeightFile``: a private file under a
+  name nobody can predict, removed at the end, or by the next start after a kill); engines on the
+  same node reload that file in every vLLM worker. Two copies in all (parameters -> file -> engine), which
   is what the weight-sync benchmark compares with a plain memory copy. Engines on other nodes fall
   back to the object-store path below.
 * ``file`` (any cluster without NCCL between learner and engines): the learner packs its
@@ -20,11 +21,15 @@ Three paths, chosen by ``resources.weight_sync``:
 """
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import time
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def pack_state_dict(state: dict[str, torch.Tensor]) -> bytes:
@@ -37,16 +42,18 @@ def pack_state_dict(state: dict[str, torch.Tensor]) -> bytes:
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
-def write_safetensors(named: Iterator[tuple[str, torch.Tensor]] | Sequence[tuple[str, torch.Tensor]], path: str,
-                      dtype: torch.dtype) -> int:
+def write_safetensors(named: Iterator[tuple[str, torch.Tensor]] | Sequence[tuple[str, torch.Tensor]],
+                      target: str | BinaryIO, dtype: torch.dtype) -> int:
     """Write (name, tensor) pairs as a safetensors file in ``dtype`` with one copy per tensor (straight
     from the tensor's memory into the file, converting dtype on the way only when needed); tied
     weights are written under each of their names. Returns the tensor bytes.
 
-    A file already at ``path`` with the same layout (the previous step's weights) is overwritten in
-    place: its pages stay allocated, so the write is a plain copy (a new file in /dev/shm first has
-    every page allocated and zeroed by the kernel, which costs more than the copy). Otherwise the
-    file is written to ``path``.tmp and renamed. Callers must not overwrite a file a reader is using.
+    ``target``: an open, seekable binary file (``SharedWeightFile``'s), overwritten from its start and
+    cut to the new size; or a path. A file already at a path with the same layout (the previous
+    step's weights) is overwritten in place: its pages stay allocated, so the write is a plain copy (a
+    new file in /dev/shm first has every page allocated and zeroed by the kernel, which costs more
+    than the copy). Otherwise the file is written to ``path``.tmp and renamed. Callers must not
+    overwrite a file a reader is using.
     """
     import json
     import os
@@ -59,18 +66,28 @@ def write_safetensors(named: Iterator[tuple[str, torch.Tensor]] | Sequence[tuple
         offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
-    total = 8 + len(head) + offset
-    in_place = os.path.exists(path) and os.path.getsize(path) == total
-    target = path if in_place else path + ".tmp"
-    with open(target, "r+b" if in_place else "wb") as f:
+
+    def write(f: BinaryIO) -> None:
         f.write(len(head).to_bytes(8, "little"))
         f.write(head)
         for _, t in tensors:
             t = t.to(device="cpu", dtype=dtype).contiguous()  # no-op for a CPU tensor already in dtype
             raw = t.view(torch.int16) if dtype in (torch.bfloat16, torch.float16) else t
             f.write(memoryview(raw.numpy()).cast("B"))
+
+    if not isinstance(target, str):
+        target.seek(0)
+        write(target)
+        target.truncate()
+        target.flush()  # readers in other processes see the file, not this process's buffer
+        return offset
+    total = 8 + len(head) + offset
+    in_place = os.path.exists(target) and os.path.getsize(target) == total
+    written = target if in_place else target + ".tmp"
+    with open(written, "r+b" if in_place else "wb") as f:
+        write(f)
     if not in_place:
-        os.replace(target, path)
+        os.replace(written, target)
     return offset
 
 
@@ -115,6 +132,76 @@ def shm_dir() -> str:
     import tempfile
 
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+_WEIGHT_FILE = re.compile(r"grpo-weights-(?P<run>[0-9a-f]+)-(?P<pid>[0-9]+)-[0-9a-f]{32}\.safetensors")
+
+
+class SharedWeightFile:
+    """The learner's weights for the engines on its node: one safetensors file in shared memory,
+    named ``grpo-weights-<run id>-<writer pid>-<128 random bits>.safetensors``.
+
+    Nobody can predict the name, so nobody can plant a file or a link there first; it is created
+    with O_EXCL | O_NOFOLLOW (an existing file or symlink at the path is an error, never followed)
+    and mode 0600, once, and every version is written through the descriptor opened then, never by
+    path again. ``remove`` deletes it; a writer killed before that leaves it behind, and the next
+    start of the same run deletes it (``sweep_weight_files``, by the run id and the dead pid).
+    """
+
+    def __init__(self, run_id: str, directory: str | None = None):
+        import os
+        import secrets
+
+        if not re.fullmatch(r"[0-9a-f]+", run_id):
+            raise ValueError(f"run id {run_id!r}: expected hex digits (it goes into a file name)")
+        name = f"grpo-weights-{run_id}-{os.getpid()}-{secrets.token_hex(16)}.safetensors"
+        self.path = os.path.join(directory or shm_dir(), name)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self._file: BinaryIO | None = os.fdopen(fd, "r+b")
+
+    def write(self, named: Iterator[tuple[str, torch.Tensor]] | Sequence[tuple[str, torch.Tensor]],
+              dtype: torch.dtype) -> int:
+        """The next version, over the last one (see ``write_safetensors``); returns the tensor bytes."""
+        if self._file is None:
+            raise RuntimeError(f"{self.path}: written after remove()")
+        return write_safetensors(named, self._file, dtype)
+
+    def remove(self) -> None:
+        import os
+
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def sweep_weight_files(run_id: str, directory: str | None = None) -> list[str]:
+    """Delete the weight files of run ``run_id`` in ``directory`` (shared memory) whose writer is dead:
+    what a killed learner (or a learner of a killed driver) left. Files of other runs, of live
+    writers and of other users are left alone. Returns the deleted paths; each is logged."""
+    import os
+
+    from orchestrator.run_lock import pid_alive
+
+    directory = directory or shm_dir()
+    removed = []
+    for name in os.listdir(directory):
+        m = _WEIGHT_FILE.fullmatch(name)
+        if not m or m["run"] != run_id or pid_alive(int(m["pid"])):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            os.unlink(path)
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        log.warning("removed %s: a weight file of this run whose writer (pid %s) is gone", path, m["pid"])
+        removed.append(path)
+    return removed
 
 
 def free_port() -> int:

@@ -4,24 +4,37 @@
 
     policy/                 the policy in Hugging Face format (loadable by transformers and vLLM)
     learner/deepspeed/      DeepSpeed engine state: weights, AdamW moments, step counters
-    learner/reference.safetensors, learner/rng.pt
+    learner/reference.safetensors, learner/rng_rank<r>.safetensors
     replay/<kind>/          the reward models' replay buffers (samples + reservoir RNG)
-    rounds_recent.pkl       samples waiting for the next Iterative RL round
+    rounds_recent.json      samples waiting for the next Iterative RL round
     state.json              step, data-loader position, driver RNG, reward-model paths and versions
+    .writer.json            host and pid of the process that wrote it
 
-A checkpoint is written into ``.partial-step_<N>`` and renamed into place only when complete, so a
-crash mid-save leaves the previous checkpoints untouched (a leftover partial folder is deleted by
-the next save). Only then are checkpoints beyond ``output.keep_last`` deleted, oldest first.
+Loading it runs no code from it: the files are JSON and safetensors, except DeepSpeed's own
+(pickles), which the learner reads with ``weights_only`` (``learner.state_io.weights_only_loads``).
+
+A checkpoint is written into ``.partial-step_<N>-<random>`` and renamed into place only when
+complete, so a crash mid-save leaves the previous checkpoints untouched (the next save deletes a
+leftover partial folder, unless its writer is still alive). Only then are checkpoints beyond
+``output.keep_last`` deleted, oldest first.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import secrets
 import shutil
+import socket
+import time
 from typing import Callable, Optional
 
+log = logging.getLogger(__name__)
+
 STATE_FILE = "state.json"
+WRITER_FILE = ".writer.json"
+PARTIAL_PREFIX = ".partial-"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -69,17 +82,17 @@ def write_checkpoint(out_dir: str, step: int, fill: Callable[[str], dict], keep_
     goes in last; then the folder is renamed into place and old checkpoints are pruned."""
     root = checkpoints_root(out_dir)
     os.makedirs(root, exist_ok=True)
-    for name in os.listdir(root):  # what an interrupted save left behind
-        if name.startswith(".partial-"):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    partial = os.path.join(root, f".partial-step_{step}")
+    sweep_partials(root)
+    # a name of its own: a leftover partial folder that could not be deleted never blocks this save
+    partial = os.path.join(root, f"{PARTIAL_PREFIX}step_{step}-{secrets.token_hex(4)}")
     final = os.path.join(root, f"step_{step}")
     os.makedirs(partial)
+    _write_json_atomic(os.path.join(partial, WRITER_FILE), {"host": socket.gethostname(), "pid": os.getpid()})
     state = fill(partial)
     _write_json_atomic(os.path.join(partial, STATE_FILE), {**state, "step": step})
     stale = None
     if os.path.exists(final):  # a re-run of the same step (resumed from an earlier one): replace it
-        stale = os.path.join(root, f".partial-replaced-step_{step}")
+        stale = os.path.join(root, f"{PARTIAL_PREFIX}replaced-step_{step}-{secrets.token_hex(4)}")
         os.replace(final, stale)
     os.replace(partial, final)
     _fsync_dir(root)
@@ -87,6 +100,59 @@ def write_checkpoint(out_dir: str, step: int, fill: Callable[[str], dict], keep_
         shutil.rmtree(stale, ignore_errors=True)
     prune(out_dir, keep_last)
     return final
+
+
+def sweep_partials(root: str) -> list[str]:
+    """Delete what interrupted saves left in ``root`` (``.partial-*`` folders); returns what was deleted.
+
+    A partial folder whose writer (``.writer.json``) is another live process on this host is left
+    alone. The run lock (``orchestrator.run_lock``) already keeps a second run out of the folder, but
+    it is only as good as its file: after someone deletes ``.lock``, or while a run of an older version
+    (which takes no lock) writes here, a second writer gets in, and this check still keeps its save
+    whole. A writer on another host cannot be checked from here; its partial folder is deleted,
+    trusting the lock (which shared file systems keep across hosts) that no such writer is running.
+    """
+    from orchestrator.run_lock import pid_alive
+
+    deleted = []
+    for name in sorted(os.listdir(root)):
+        if not name.startswith(PARTIAL_PREFIX):
+            continue
+        path = os.path.join(root, name)
+        writer = _read_writer(path)
+        if writer and writer.get("host") == socket.gethostname() and writer.get("pid") != os.getpid() \
+                and pid_alive(writer.get("pid")):
+            log.warning("leaving %s: its writer (pid %s) is still running", path, writer["pid"])
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        deleted.append(path)
+    return deleted
+
+
+def _read_writer(folder: str) -> Optional[dict]:
+    """The writer a partial folder names, or None (no marker: an older version's, or torn before it)."""
+    try:
+        with open(os.path.join(folder, WRITER_FILE)) as f:
+            writer = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return writer if isinstance(writer, dict) else None
+
+
+def set_aside_newer(out_dir: str, step: int) -> Optional[str]:
+    """Move the checkpoints newer than ``step`` out of the run's timeline, into
+    ``checkpoints/abandoned-after-step_<step>-<time>/``: a run resumed from an older checkpoint makes
+    them another history, which neither ``--resume`` nor pruning may pick up. Returns that folder
+    (None: nothing newer)."""
+    newer = [(s, path) for s, path in list_checkpoints(out_dir) if s > step]
+    if not newer:
+        return None
+    aside = os.path.join(checkpoints_root(out_dir), f"abandoned-after-step_{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(aside)
+    for _, path in newer:
+        os.rename(path, os.path.join(aside, os.path.basename(path)))
+    _fsync_dir(checkpoints_root(out_dir))
+    return aside
 
 
 def prune(out_dir: str, keep_last: int) -> list[str]:
@@ -100,18 +166,19 @@ def prune(out_dir: str, keep_last: int) -> list[str]:
 
 def truncate_jsonl(path: str, last_step: int) -> int:
     """Drop the records of steps after ``last_step`` (written after the checkpoint a run resumes
-    from); returns how many were dropped. The file is rewritten atomically."""
+    from); returns how many were dropped. Lines that are no record (a torn last line) are dropped
+    with a warning (``read_jsonl``). The file is rewritten atomically."""
+    from orchestrator.metrics import read_jsonl
+
     if not os.path.exists(path):
         return 0
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
-    if len(kept) != len(lines):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
-    return len(lines) - len(kept)
+    records = read_jsonl(path)
+    kept = [line for line, record in records if record.get("step", 0) <= last_step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+    return len(records) - len(kept)
 
 
 def resume_hint(out_dir: str) -> Optional[str]:

@@ -24,7 +24,7 @@ def train_overrides(args) -> list[str]:
 
 def _train(args) -> int:
     from orchestrator.config import load_config
-    from orchestrator.driver import Trainer, TrainingError
+    from orchestrator.driver import RunStopped, Trainer, TrainingError
 
     cfg = load_config(args.config, train_overrides(args))
     if args.dry_run:
@@ -37,6 +37,9 @@ def _train(args) -> int:
     trainer = Trainer(cfg)
     try:
         final = trainer.train()
+    except RunStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
     except TrainingError as e:
         logging.getLogger("grpo").debug("training failed", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
@@ -178,7 +181,7 @@ def main(argv=None) -> int:
     from orchestrator.placement import PlacementError
     from orchestrator.prepare_data import PrepareDataError
 
-    from orchestrator.driver import PreflightError
+    from orchestrator.preflight import PreflightError
 
     try:
         return args.func(args)

@@ -101,6 +101,9 @@ class RewardConfig:
     """Number of reward actors; a step's episodes are split across them."""
     timeout_s: float = 10.0
     """Per-sample verifier deadline; a sample that takes longer scores incorrect and is counted in reward/timeouts."""
+    verifier_memory_mb: int = 1024
+    """Address-space cap (RLIMIT_AS, MiB) of each verifier process; a sample that needs more scores incorrect
+    and is counted in reward/verifier_errors (like one whose verifier raises or dies)."""
     correct_reward: float = 1.0
     """Reward for a verified correct final answer."""
     incorrect_reward: float = 0.0

@@ -40,6 +40,7 @@ def validate(cfg) -> None:
         ("rollout.kv_cache_gb", cfg.rollout.kv_cache_gb is None or cfg.rollout.kv_cache_gb > 0, "must be > 0"),
         ("reward.num_workers", cfg.reward.num_workers >= 1, "must be >= 1"),
         ("reward.timeout_s", cfg.reward.timeout_s > 0, "must be > 0"),
+        ("reward.verifier_memory_mb", cfg.reward.verifier_memory_mb > 0, "must be > 0"),
         ("reward.rule_weight", cfg.reward.rule_weight >= 0, "must be >= 0"),
         ("reward.orm_weight", cfg.reward.orm_weight >= 0, "must be >= 0"),
         ("reward.prm_weight", cfg.reward.prm_weight >= 0, "must be >= 0"),

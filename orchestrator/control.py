@@ -25,6 +25,14 @@ def write_control(out_dir: str, rollout_workers: int) -> str:
     return path
 
 
+def clear_control(out_dir: str) -> None:
+    """Forget the pending request (a refused one must not be applied again, nor by a resume)."""
+    try:
+        os.remove(os.path.join(out_dir, CONTROL_FILE))
+    except FileNotFoundError:
+        pass
+
+
 def read_control(out_dir: str) -> Optional[dict]:
     """The requested settings, or None when there is no (valid) control file; a bad file is reported."""
     path = os.path.join(out_dir, CONTROL_FILE)

@@ -22,6 +22,7 @@ import yaml
 
 from orchestrator.config import TrainConfig
 from orchestrator.metrics import MetricsLogger
+from orchestrator.preflight import PreflightError, check_resources, init_ray, preflight
 from orchestrator.types import Batch, Episode
 
 log = logging.getLogger(__name__)
@@ -31,85 +32,12 @@ class TrainingError(RuntimeError):
     """A step failed; the message names the step and the component."""
 
 
-class PreflightError(RuntimeError):
-    """A check before any actor starts failed; the message names the field, file or model."""
+class RunStopped(TrainingError):
+    """A stop signal ended the run; what was trained is checkpointed. ``exit_code``: 128 + signal."""
 
-
-@dataclasses.dataclass
-class Preflight:
-    """What pre-flight loaded: the tokenizer, the training questions and their prompts, the held-out
-    questions of periodic evaluation and theirs, and the checkpoint a resume starts from."""
-    tokenizer: object
-    problems: list
-    prompt_ids: list
-    eval_problems: list
-    eval_prompts: list
-    resume_from: Optional[str]
-
-
-def preflight(cfg: TrainConfig) -> Preflight:
-    """Everything that can fail cheaply, before any actor starts: model, tokenizer, data, prompts,
-    held-out questions, the checkpoint to resume. Each failure is one line naming the culprit."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from orchestrator.data import encode_prompts, load_problems
-    from orchestrator.model_prep import check_model_path
-
-    path = cfg.model.path
-    check_model_path(path, "model.path")
-    try:
-        AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
-    except Exception as e:  # noqa: BLE001 - one clear line for any loading failure
-        raise PreflightError(f"model.path={path!r}: cannot load config/tokenizer: {e}") from e
-    problems = load_problems(cfg.data, "train", cfg.seed)
-    if not problems:
-        raise PreflightError(f"data: no training questions for task {cfg.data.task!r}")
-    prompt_ids = encode_prompts(tokenizer, problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
-    eval_problems = load_problems(cfg.data, "eval", cfg.seed)[: cfg.eval.num_questions] if cfg.eval.every_steps else []
-    if cfg.eval.every_steps and not eval_problems:
-        raise PreflightError("eval.every_steps is set but there are no held-out questions (data.eval_file)")
-    eval_prompts = encode_prompts(tokenizer, eval_problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
-    resume_from = None
-    if cfg.output.resume:
-        from orchestrator.checkpoint import find_checkpoint, list_checkpoints
-
-        if cfg.output.resume != "if_exists" or list_checkpoints(cfg.output.dir):
-            resume_from = find_checkpoint(cfg.output.dir, "auto" if cfg.output.resume == "if_exists" else cfg.output.resume)
-    return Preflight(tokenizer, problems, prompt_ids, eval_problems, eval_prompts, resume_from)
-
-
-def check_resources(cfg: TrainConfig) -> None:
-    """The cluster holds every role's CPUs, GPUs and custom resources (one line naming what is short)."""
-    import ray
-
-    from orchestrator.placement import check_cluster, role_demands
-
-    if cfg.resources.check_cluster:
-        check_cluster(role_demands(cfg), ray.cluster_resources())
-
-
-def init_ray(cfg: TrainConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [_repo_root(), os.environ.get("PYTHONPATH")]))}}
-    if cfg.resources.address:
-        ray.init(address=cfg.resources.address, runtime_env=env, log_to_driver=True)
-        return
-    from orchestrator.placement import local_ray_resources
-
-    local = local_ray_resources(cfg)
-    custom = {k: v for k, v in local.items() if k not in ("CPU", "GPU")}
-    context = ray.init(num_cpus=local["CPU"], resources=custom or None, include_dashboard=cfg.logging.dashboard,
-                       runtime_env=env, log_to_driver=True)
-    if cfg.logging.dashboard and getattr(context, "dashboard_url", None):
-        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
-
-
-def _repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def step_metrics(episodes: list[Episode], group_size: int) -> dict:
@@ -139,15 +67,22 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         from orchestrator.checkpoint import list_checkpoints
+        from orchestrator.run_lock import RunLockError, acquire_run_lock
 
         if cfg.output.resume == "if_exists":  # a retried job continues; a first attempt starts fresh
             cfg.output.resume = "auto" if list_checkpoints(cfg.output.dir) else None
         self.cfg = cfg
         self.out_dir = cfg.output.dir
         self.start_step = 1
+        from orchestrator.stop_signals import StopSignals
+
+        self.stop = StopSignals()
         self.policy_version = 0
         self.prefetched = None  # (episodes, generation stats) of the next step, under off_policy_lag=1
-        os.makedirs(self.out_dir, exist_ok=True)
+        try:  # one run per folder, until shutdown; the run id names the learner's shared-memory weight file
+            self.run_lock = acquire_run_lock(self.out_dir)
+        except RunLockError as e:
+            raise PreflightError(str(e)) from None
         with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
             yaml.safe_dump({**dataclasses.asdict(cfg), "output": {**dataclasses.asdict(cfg.output), "resume": None}}, f,
                            sort_keys=False)
@@ -184,7 +119,7 @@ class Trainer:
         batch_size = cfg.data.questions_per_step * cfg.rollout.group_size
         bundle = learner_bundle(cfg)
         self.learner_pg = place("learner", [bundle], cfg.resources.placement_timeout_s)
-        self.learner = ray.remote(LearnerWorker).options(**actor_options(bundle), **scheduling(self.learner_pg)).remote(cfg, batch_size)
+        self.learner = ray.remote(LearnerWorker).options(**actor_options(bundle), **scheduling(self.learner_pg)).remote(cfg, batch_size, run_id=self.run_lock.run_id)
         self.rewards.ready(cfg.resources.timeout_s)
         self.rollout.ready()
         self._get(self.learner.ping.remote(), "starting the learner")
@@ -251,28 +186,62 @@ class Trainer:
             self.sync_weights(self.policy_version, list(engines))
 
     def _reconcile_pool(self) -> None:
-        """Between steps: apply ``grpo scale`` requests and replace engines that died."""
-        from orchestrator.control import read_control
+        """Between steps: apply ``grpo scale`` requests and replace engines that died. A scale-up the
+        cluster cannot hold (its totals, or placing the new engines in time) is refused: the pool keeps
+        its size, the request is cleared and the run goes on."""
+        from orchestrator.control import clear_control, read_control
+        from orchestrator.placement import PlacementError
 
         control = read_control(self.out_dir)
-        if control and control["rollout_workers"] != self.rollout.target:
-            print(f"rollout pool: scaling from {self.rollout.target} to {control['rollout_workers']} engines", flush=True)
-            self.rollout.scale_to(control["rollout_workers"])
-        self.rollout.heal(self._load_new_engines)
+        before = self.rollout.target
+        if control and control["rollout_workers"] != before:
+            wanted = control["rollout_workers"]
+            refused = self._scale_refusal(wanted)
+            if refused:
+                clear_control(self.out_dir)
+                print(f"warning: `grpo scale` to {wanted} engines refused ({refused}); the pool stays at {before}",
+                      flush=True)
+            else:
+                print(f"rollout pool: scaling from {before} to {wanted} engines", flush=True)
+                self.rollout.scale_to(wanted)
+        try:
+            self.rollout.heal(self._load_new_engines)
+        except PlacementError as e:
+            if self.rollout.target <= before:
+                raise  # replacing dead engines: the pool cannot shrink below its size
+            self.rollout.scale_to(before)  # stops the engines this scale-up started
+            clear_control(self.out_dir)
+            print(f"warning: `grpo scale` to more engines refused ({e}); the pool stays at {before}", flush=True)
+
+    def _scale_refusal(self, wanted: int) -> Optional[str]:
+        """Why the cluster cannot hold ``wanted`` engines next to the other roles (None: it can)."""
+        import ray
+
+        from orchestrator.placement import PlacementError, check_cluster, role_demands
+
+        if wanted <= self.rollout.target:
+            return None
+        try:
+            check_cluster(role_demands(self.cfg, num_engines=wanted), ray.cluster_resources())
+        except PlacementError as e:
+            return str(e)
+        return None
 
     # ------------------------------------------------------------------------------- step
     def run_step(self, step: int) -> dict:
         cfg = self.cfg
         t0 = time.time()
+        # where the data stood before this step's batch: a failure from here on (the pool's reconcile
+        # included) checkpoints the previous step with this position, so its questions come again once
+        self._sampler_before = self.sampler.state_dict() if self.prefetched is None else self._committed
         self._reconcile_pool()
         if self.prefetched is not None:  # generated during the previous step's update (off_policy_lag=1)
-            episodes, gen = self.prefetched
-            self.prefetched, self._sampler_before = None, self._committed
+            (episodes, gen), self.prefetched = self.prefetched, None
             episodes, steps, rew = self._score(episodes)
         else:
-            self._sampler_before = self.sampler.state_dict()
             episodes, steps, gen, rew = self._generate_scored(self.sampler.next_batch())
         batch = Batch(episodes=episodes, group_size=cfg.rollout.group_size)
+        self.stop.abandonable = False  # from here the step is finished, then checkpointed, on a stop signal
         update = self.learner.train_step.remote(batch, step)
         if cfg.algorithm.off_policy_lag and step < cfg.total_steps:
             # the engines still hold the weights this step sampled with: generate the next step meanwhile
@@ -307,19 +276,22 @@ class Trainer:
         })
         self._write_samples(step, episodes)
         return metrics
+
     def evaluate(self, step: int) -> dict:
         """Greedy accuracy (and pass@k, maj@k) of the current policy on the held-out questions, through
         the rollout engines; per-question results go to <output.dir>/eval/step_<step>.jsonl."""
         import json
 
         from orchestrator.evaluate import grade
+        from reward.rule_scorer import RuleRewardScorer
         from rollout.engine import SamplingSpec
 
         ec, t0 = self.cfg.eval, time.time()
         max_new = self.cfg.rollout.max_new_tokens
         greedy = [t[0] for t in self.rollout.generate_text(self.eval_prompts, SamplingSpec(1, max_new, temperature=0.0))]
         sampled = self.rollout.generate_text(self.eval_prompts, SamplingSpec(ec.samples, max_new, temperature=ec.temperature)) if ec.samples else None
-        summary, records = grade(self.eval_problems, greedy, sampled)
+        with RuleRewardScorer.from_config(self.cfg.reward) as scorer:
+            summary, records = grade(self.eval_problems, greedy, sampled, scorer)
         os.makedirs(os.path.join(self.out_dir, "eval"), exist_ok=True)
         with open(os.path.join(self.out_dir, "eval", f"step_{step}.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
@@ -331,9 +303,12 @@ class Trainer:
         import json
 
         with open(os.path.join(self.out_dir, "samples.jsonl"), "a") as f:
-            for e in episodes[:: self.cfg.rollout.group_size]:
-                f.write(json.dumps({"step": step, "uid": e.problem.uid, "gold": e.problem.gold,
-                                    "response": e.response_text, "reward": e.reward}) + "\n")
+            for i, e in enumerate(episodes):  # the first sample of each group, and every one the verifier failed on
+                if i % self.cfg.rollout.group_size and e.verifier_error is None:
+                    continue
+                row = {"step": step, "uid": e.problem.uid, "gold": e.problem.gold, "response": e.response_text,
+                       "reward": e.reward}
+                f.write(json.dumps(row if e.verifier_error is None else {**row, "verifier_error": e.verifier_error}) + "\n")
 
     def _generate(self, problems: list) -> tuple[list[Episode], dict]:
         return self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems])
@@ -413,7 +388,7 @@ class Trainer:
     def resume(self, spec: str) -> None:
         """Continue from a checkpoint: learner, reference, optimizer, data position, reward models; the
         engines get the checkpoint's policy; records of later steps are dropped from the run's logs."""
-        from orchestrator.checkpoint import find_checkpoint, read_state, truncate_jsonl
+        from orchestrator.checkpoint import find_checkpoint, read_state, set_aside_newer, truncate_jsonl
 
         t0 = time.time()
         path = find_checkpoint(self.out_dir, spec)
@@ -430,6 +405,9 @@ class Trainer:
             self.reward_models.restore(state["reward_models"], path)
         self.policy_version = version
         self.sync_weights(version)
+        aside = set_aside_newer(self.out_dir, step)
+        if aside:
+            print(f"resuming from step {step} abandons the later checkpoints: moved to {aside}", flush=True)
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_jsonl(os.path.join(self.out_dir, name), step)
         self.start_step = step + 1
@@ -443,20 +421,36 @@ class Trainer:
     def train(self) -> str:
         from tqdm import tqdm
 
+        from orchestrator.checkpoint import resume_hint
+        from orchestrator.stop_signals import StopRequested
+
         cfg = self.cfg
         self.setup()
         bar = tqdm(total=cfg.total_steps, initial=self.start_step - 1, desc="GRPO steps", unit="step", disable=None)
         logger = MetricsLogger(self.out_dir, cfg.total_steps, cfg.logging.log_every, cfg.logging.ray_metrics,
                                tags={"run": os.path.basename(os.path.abspath(self.out_dir))}, echo=bar.write)
-        for step in range(self.start_step, cfg.total_steps + 1):
-            try:
-                logger.log(step, self.run_step(step))
-                if self._should_checkpoint(step):
-                    self.checkpoint(step)
-            except Exception as e:
-                saved = self._save_after_failure(step)
-                raise TrainingError(f"step {step} failed: {e}{saved}") from e
-            bar.update(1)
+        with self.stop:  # SIGTERM / SIGINT: see orchestrator.stop_signals
+            for step in range(self.start_step, cfg.total_steps + 1):
+                try:
+                    self.stop.abandonable = True  # until run_step hands the batch to the learner
+                    metrics = self.run_step(step)
+                    self.stop.abandonable = False
+                    logger.log(step, metrics)
+                    if self._should_checkpoint(step) or self.stop.received is not None:
+                        self.checkpoint(step)
+                except StopRequested as e:  # came while the step could still be dropped
+                    self.stop.abandonable = False
+                    raise RunStopped(f"{e}: step {step} abandoned{self._save_after_failure(step)}",
+                                     e.exit_code) from None
+                except Exception as e:
+                    self.stop.abandonable = False
+                    saved = self._save_after_failure(step)
+                    raise TrainingError(f"step {step} failed: {e}{saved}") from e
+                bar.update(1)
+                if self.stop.received is not None:
+                    stopped = StopRequested(self.stop.received)
+                    raise RunStopped(f"{stopped} after step {step}, checkpointed\nto resume: "
+                                     f"{resume_hint(self.out_dir)}", stopped.exit_code)
         bar.close()
         final = os.path.abspath(os.path.join(self.out_dir, "final"))
         if cfg.output.save_final:
@@ -466,8 +460,9 @@ class Trainer:
 
     def _save_after_failure(self, step: int) -> str:
         """Keep what was trained before the failure and say how to resume. If the learner still holds
-        the state after step-1 (the failure came before the update), that state becomes a checkpoint;
-        after the update, the policy is saved in HF format, named by the learner's count of updates."""
+        the state after step-1 (the failure came before the update), that state becomes a checkpoint,
+        also under output.checkpoint_every=0; after the update, the policy is saved in HF format, named
+        by the learner's count of updates."""
         from orchestrator.checkpoint import list_checkpoints, resume_hint
 
         try:
@@ -475,7 +470,7 @@ class Trainer:
             done = list_checkpoints(self.out_dir)
             if version == 0 or (done and done[-1][0] == version):
                 saved = ""
-            elif version == step - 1 and self.cfg.output.checkpoint_every:
+            elif version == step - 1:
                 self.sampler.load_state_dict(self._sampler_before)  # the failed step's questions come again
                 self.prefetched = None
                 saved = f" (state after step {version} checkpointed to {self.checkpoint(version)})"
@@ -503,3 +498,8 @@ class Trainer:
                 getattr(self, name).shutdown()
         if hasattr(self, "learner_pg"):
             release(self.learner_pg)
+        if hasattr(self, "run_lock"):
+            from learner.weight_sync import sweep_weight_files
+
+            sweep_weight_files(self.run_lock.run_id)  # a dead learner's file, when it shared this node
+            self.run_lock.release()

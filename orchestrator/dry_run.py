@@ -15,7 +15,7 @@ from orchestrator.config import TrainConfig
 
 def dry_run(cfg: TrainConfig) -> dict:
     """Pre-flight the config; raise the first failure (one line), else return what would start."""
-    from orchestrator.driver import preflight
+    from orchestrator.preflight import preflight
     from orchestrator.placement import check_cluster, local_ray_resources, role_demands, totals
 
     t0 = time.time()

@@ -1,18 +1,22 @@
 """Accuracy of a model on GSM8K, MATH or the synthetic arithmetic task, through vLLM.
 
-Runs one ``RolloutEngine`` in this process (no Ray needed) and grades with the rule verifiers:
-greedy accuracy always; with ``samples=n`` also n sampled answers per question, reported as
-unbiased pass@k (k = 1, 2, 4, ..., n) and maj@n (``orchestrator.eval_metrics``).
+Runs one ``RolloutEngine`` in this process (no Ray needed) and grades with the rule verifiers, in
+their own killable, memory-capped process (``reward.rule_scorer``): greedy accuracy always; with
+``samples=n`` also n sampled answers per question, reported as unbiased pass@k (k = 1, 2, 4, ..., n)
+and maj@n (``orchestrator.eval_metrics``).
 """
 from __future__ import annotations
 
 import os
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from orchestrator.config import DataConfig
 from orchestrator.data import encode_prompts, load_gsm8k, load_math, make_arithmetic
 from orchestrator.types import Problem
+
+if TYPE_CHECKING:
+    from reward.rule_scorer import RuleRewardScorer
 
 
 def load_eval_problems(dataset: str, data_file: Optional[str], limit: Optional[int], digits: int = 1,
@@ -36,9 +40,9 @@ def evaluate(model: str, problems: list[Problem], max_new_tokens: int = 512, eng
     from rollout.engine import RolloutEngine, SamplingSpec
 
     if engine is None:
-        from orchestrator.model_prep import check_model_path
+        from orchestrator.model_prep import check_model_loadable
 
-        check_model_path(model, "--model")
+        check_model_loadable(model, "--model")
         engine = RolloutEngine(os.path.abspath(model) if os.path.isdir(model) else model, dtype="float32",
                                max_model_len=max_prompt_tokens + max_new_tokens, gpu_memory_utilization=0.15)
     prompts = encode_prompts(engine.tokenizer, problems, system_prompt, max_prompt_tokens)
@@ -54,26 +58,49 @@ def evaluate(model: str, problems: list[Problem], max_new_tokens: int = 512, eng
     return result, engine
 
 
-def grade(problems: Sequence[Problem], greedy: Sequence[str],
-          sampled: Optional[Sequence[Sequence[str]]] = None) -> tuple[dict, list[dict]]:
+def grade(problems: Sequence[Problem], greedy: Sequence[str], sampled: Optional[Sequence[Sequence[str]]] = None,
+          scorer: Optional["RuleRewardScorer"] = None) -> tuple[dict, list[dict]]:
     """(summary, per-question records) from each question's greedy answer and optional samples.
 
     Summary: n, correct, accuracy (greedy); with samples also pass@k (k = 1, 2, 4, ..., n) and maj@n.
-    Shared by ``grpo eval`` and the periodic evaluation during training.
+    Shared by ``grpo eval`` and the periodic evaluation during training. Every answer is graded (and,
+    for samples, given its voting key) in the protected scorer's process: ``scorer``, or a temporary
+    ``RuleRewardScorer`` with default settings. An answer whose verifier raises, dies or runs out of
+    time is wrong; the summary then counts them ('verifier_errors', 'verifier_timeouts', present only
+    when not 0) and the answer's record carries its 'verifier_error'.
     """
     from orchestrator.eval_metrics import sampling_summary
-    from reward.verifiers import answer_key, verify
+    from reward.rule_scorer import RuleRewardScorer
 
-    correct = [verify(p.task, t, p.gold) for p, t in zip(problems, greedy)]
-    records = [{"uid": p.uid, "gold": p.gold, "response": t, "correct": c} for p, t, c in zip(problems, greedy, correct)]
+    items = [(p.task, t, p.gold, f"{p.uid} (greedy)") for p, t in zip(problems, greedy)]
+    for p, outs in zip(problems, sampled or ()):
+        items.extend((p.task, o, p.gold, f"{p.uid} (sample {j})") for j, o in enumerate(outs))
+    if scorer is None:
+        with RuleRewardScorer() as own:
+            verdicts, stats = own.score(items, with_answers=sampled is not None)
+    else:
+        verdicts, stats = scorer.score(items, with_answers=sampled is not None)
+    greedy_verdicts, sampled_verdicts = verdicts[: len(greedy)], iter(verdicts[len(greedy):])
+    records = [_record(v, uid=p.uid, gold=p.gold, response=t) for p, t, v in zip(problems, greedy, greedy_verdicts)]
+    correct = [v.correct for v in greedy_verdicts]
     summary = {"n": len(problems), "correct": sum(correct), "accuracy": sum(correct) / max(len(problems), 1)}
     if sampled is not None:
         per_question = []
-        for p, rec, outs in zip(problems, records, sampled):
-            flags = [verify(p.task, o, p.gold) for o in outs]
-            keys = [answer_key(p.task, o) for o in outs]
-            rec["sampled"] = [{"response": o, "answer": k, "correct": f} for o, k, f in zip(outs, keys, flags)]
-            per_question.append((keys, flags))
+        for rec, outs in zip(records, sampled):
+            graded = [next(sampled_verdicts) for _ in outs]
+            rec["sampled"] = [_record(v, response=o, answer=v.answer) for o, v in zip(outs, graded)]
+            per_question.append(([v.answer for v in graded], [v.correct for v in graded]))
         summary.update(sampling_summary(per_question))
         summary["samples_per_question"] = len(sampled[0]) if sampled else 0
+    for key, count in (("verifier_errors", stats["verifier_errors"]), ("verifier_timeouts", stats["timeouts"])):
+        if count:
+            summary[key] = count
     return summary, records
+
+
+def _record(verdict, **fields) -> dict:
+    """One graded answer: ``fields``, its verdict, and why the verifier gave none, if it did not."""
+    record = {**fields, "correct": verdict.correct}
+    if verdict.error is not None:
+        record["verifier_error"] = verdict.error
+    return record

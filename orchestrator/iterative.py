@@ -17,21 +17,23 @@ Actors do the work (``learner.actor.RewardModelLearner``, ``reward.pool.RewardPo
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import pickle
 import random
 import shutil
 import time
 from typing import Optional, Sequence
 
-from orchestrator.types import Episode, RMSample
+from orchestrator.types import Episode, Problem, RMSample
 from reward.prm_labels import expansion_plan, prefix_token_ids, step_labels
 from reward.process import Steps, segment
 from reward.replay import ReplayBuffer, mix_with_replay
 
 TRAINER_STATE = "reward_model_trainers"
 """Checkpoint subfolder of each retrained reward model's trainer state (DeepSpeed: weights, AdamW moments)."""
+RECENT_FILE = "rounds_recent.json"
+"""Checkpoint file of the samples waiting for the next round (``save_recent``)."""
 
 
 class IterativeError(RuntimeError):
@@ -138,8 +140,7 @@ class RewardModelRounds:
             for kind, learner in self.learners.items():
                 self._get(f"{kind}-trainer", learner.save_state.remote(os.path.join(folder, TRAINER_STATE, kind)),
                           f"checkpoint: {kind} reward-model trainer state")
-        with open(os.path.join(folder, "rounds_recent.pkl"), "wb") as f:
-            pickle.dump(self.recent, f)
+        save_recent(os.path.join(folder, RECENT_FILE), self.recent)
 
     def restore(self, state: dict, folder: str) -> None:
         """Continue from a checkpoint: the reward models it served (trainers continue from them), its
@@ -161,8 +162,7 @@ class RewardModelRounds:
             shutil.copytree(os.path.join(folder, "replay", kind), directory)
             self.buffers[kind] = ReplayBuffer(directory, cfg.iterative.replay_max_samples, seed=cfg.seed)
             self.t.rewards.swap_model(kind, models[kind]["path"], models[kind]["version"], cfg.resources.timeout_s)
-        with open(os.path.join(folder, "rounds_recent.pkl"), "rb") as f:
-            self.recent = pickle.load(f)
+        self.recent = load_recent(os.path.join(folder, RECENT_FILE))
         self.iteration = int(state["iteration"])
 
     def _bootstrap_samples(self, kind: str) -> list[RMSample]:
@@ -269,6 +269,35 @@ class RewardModelRounds:
         for pg in self.pgs.values():
             release(pg)
         self.learners, self.pgs = {}, {}
+
+
+def save_recent(path: str, recent: Sequence[tuple[Sequence[Episode], Optional[Sequence[Steps]]]]) -> None:
+    """The samples waiting for the next round, as JSON: per step, its episodes and (process
+    supervision) the steps of each. JSON, not pickle: a checkpoint must not be able to run code."""
+    rounds = [{"episodes": [dataclasses.asdict(e) for e in episodes],
+               "steps": None if steps is None else [[list(ends), list(texts)] for ends, texts in steps]}
+              for episodes, steps in recent]
+    with open(path, "w") as f:
+        json.dump({"rounds": rounds}, f)
+
+
+def load_recent(path: str) -> list[tuple[list[Episode], Optional[list[Steps]]]]:
+    """``save_recent``'s file back; anything else is an ``IterativeError`` naming the file."""
+    if not os.path.exists(path):
+        legacy = os.path.join(os.path.dirname(path), "rounds_recent.pkl")
+        older = f" (it holds {legacy}, a pickle of an older version, which is not loaded: pickle can run code)" \
+            if os.path.exists(legacy) else ""
+        raise IterativeError(f"{path} is missing{older}")
+    tuples = {f.name for f in dataclasses.fields(Episode) if str(f.type).startswith("tuple")}
+    try:
+        with open(path) as f:
+            rounds = json.load(f)["rounds"]
+        return [([Episode(**{**{k: tuple(v) if k in tuples else v for k, v in e.items()},
+                              "problem": Problem(**e["problem"])}) for e in r["episodes"]],
+                 None if r["steps"] is None else [(list(ends), list(texts)) for ends, texts in r["steps"]])
+                for r in rounds]
+    except (ValueError, KeyError, TypeError) as e:
+        raise IterativeError(f"{path}: not the samples of a checkpoint ({type(e).__name__}: {e})") from e
 
 
 def _with_text(ep: Episode, text: str) -> Episode:

@@ -72,5 +72,31 @@ class MetricsLogger:
 
 
 def read_metrics(out_dir: str) -> list[dict]:
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [record for _, record in read_jsonl(os.path.join(out_dir, "metrics.jsonl"))]
+
+
+def read_jsonl(path: str) -> list[tuple[str, dict]]:
+    """(line, record) for every record of a run's JSONL log (metrics.jsonl, samples.jsonl), in order;
+    each line ends with a newline. A line that is not a JSON object is dropped with a warning: a torn
+    last line is what a SIGKILL or a full disk mid-append leaves (and a run appending after it glues
+    its first record to it, so such a line can also sit mid-file)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")  # the last piece: what follows the last newline ('' unless torn)
+    out, bad = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            out.append((line + "\n", record))
+        else:
+            bad.append(number)
+    if bad == [len(lines)]:
+        log.warning("%s: dropped its torn last line (line %d, %d characters): a write cut short",
+                    path, bad[0], len(lines[-1]))
+    elif bad:
+        log.warning("%s: dropped %d unreadable lines (%s)", path, len(bad), ", ".join(map(str, bad[:10])))
+    return out

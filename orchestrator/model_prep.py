@@ -8,6 +8,7 @@ learner load. Idempotent: an existing complete folder is reused.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -49,6 +50,34 @@ def check_model_path(path: str, what: str) -> None:
     else:
         hint = ""
     raise FileNotFoundError(f"{what}={path!r} does not exist{hint}")
+
+
+@contextlib.contextmanager
+def quiet_hub_retries():
+    """Without a network the hub clients log every retry; callers turn the failure into one line."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def check_model_loadable(path: str, what: str, trust_remote_code: bool = False) -> None:
+    """FileNotFoundError (one line) if ``path`` is a missing local folder, or a folder or hub name
+    whose config cannot be loaded (no such hub model, no network, not a model folder)."""
+    check_model_path(path, what)
+    from transformers import AutoConfig
+
+    try:
+        with quiet_hub_retries():
+            AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - any loading failure is the one line below
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise FileNotFoundError(f"{what}={path!r}: cannot load the model's config ({first})") from None
 
 
 def is_prepared(out_dir: str) -> bool:

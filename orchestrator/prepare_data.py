@@ -17,15 +17,14 @@ a bad mirror row is reported with its file and line. Files are replaced atomical
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import os
 import random
 from typing import Callable, Iterable, Optional
 
 from orchestrator.data import DataError, gsm8k_row, iter_jsonl, math_row
+from orchestrator.model_prep import quiet_hub_retries
 
 DEFAULT_DIR = "data"
 TASKS = ("gsm8k", "math")
@@ -103,25 +102,11 @@ def from_mirror(root: str, task: str) -> Splits:
             "test": (test, f"{round(100 * CARVE_TEST_FRAC)}% {why}")}
 
 
-@contextlib.contextmanager
-def _quiet_retries():
-    """Without a network the hub clients log every retry; the one-line error below says it all."""
-    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def from_hub(task: str, load_dataset: Optional[Callable] = None) -> Splits:
     """Both splits downloaded with ``datasets``; PrepareDataError (one line) where the hub fails."""
     if load_dataset is None:
         from datasets import load_dataset
-    with _quiet_retries():
+    with quiet_hub_retries():
         return _download(task, load_dataset)
 
 

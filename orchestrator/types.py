@@ -50,6 +50,9 @@ class Episode:
     """Process supervision: the reward of each reasoning step (empty under outcome supervision)."""
     step_ends: tuple[int, ...] = ()
     """Process supervision: index (within the response tokens) of each step's last token, increasing."""
+    verifier_error: str | None = None
+    """Why the rule verifier gave no verdict (its exception, or its process's death): the sample then
+    scored as wrong. None when it answered, or ran out of time (counted in reward/timeouts)."""
 
     def with_reward(self, reward: float, correct: bool, rule_reward: float | None = None,
                     learned_reward: float | None = None) -> "Episode":

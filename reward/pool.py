@@ -2,26 +2,22 @@
 
 Three layers, each wrapping the one below:
 
-* ``RuleRewardScorer`` (plain class): scores ``(task, completion, gold, uid)`` items. Each
-  verifier call runs in a one-process ``ProcessPoolExecutor`` kept warm between calls. A
-  sample that runs past ``timeout_s`` scores ``incorrect_reward`` and is counted as a
-  timeout; the stuck process is killed and the pool recreated. A verifier that raises is
-  a bug, not a wrong answer: it raises ``RewardError`` naming the sample.
+* ``reward.rule_scorer.RuleRewardScorer`` (plain class): scores ``(task, completion, gold, uid)``
+  items in a memory-capped process, each under its own deadline. A sample whose verifier runs
+  late, raises or kills its process is wrong (and counted); the process is replaced.
 * ``RewardWorker`` (Ray actor): holds one scorer and the learned reward models in use
   (``reward.model.RewardModel``), which can be hot-swapped (Iterative RL).
 * ``RewardPool`` (driver side): splits a step's episodes into contiguous shards, one per
   worker, scores them in parallel under a deadline, composes rule and learned rewards
-  (``reward.compose``) and returns the rewarded episodes in their original order.
+  (``reward.compose``) and returns the rewarded episodes in their original order. An episode the
+  verifier gave no verdict on carries the error (``Episode.verifier_error``), counted in
+  ``reward/verifier_errors``.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import os
-import sys
-import threading
 import time
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import ray
@@ -31,16 +27,12 @@ from orchestrator.remote import ActorDied, gather, gather_tolerating_deaths, sha
 from orchestrator.types import Episode
 from reward.compose import RewardWeights, compose, reward_stats
 from reward.process import Steps
-from reward.verifiers import VERIFIERS, warm_up
+from reward.rule_scorer import STARTUP_TIMEOUT_S, Item, RewardError, RuleRewardScorer, Verdict
+
+__all__ = ["RewardError", "RewardPool", "RewardWorker", "RuleRewardScorer", "reward_model_dtype"]
 
 if TYPE_CHECKING:
     from orchestrator.config import TrainConfig
-
-Item = tuple[str, str, str, str]
-"""One sample to score: (task, completion, gold, uid)."""
-
-_STARTUP_TIMEOUT_S = 300.0
-"""Deadline for starting a verifier process and importing the parsers (not a sample's time)."""
 
 
 def reward_model_dtype(cfg: "TrainConfig") -> str:
@@ -49,135 +41,6 @@ def reward_model_dtype(cfg: "TrainConfig") -> str:
     if cfg.reward.model_dtype != "auto":
         return cfg.reward.model_dtype
     return cfg.model.dtype if cfg.model.dtype != "auto" else "float32"
-
-
-class RewardError(RuntimeError):
-    """Scoring failed for a reason other than a wrong answer; the message names the sample or worker."""
-
-
-def _exit_when_orphaned() -> None:
-    """Pool-process initializer: exit if the parent dies (a killed actor leaves no strays)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
-
-
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """forkserver where available (cheap restarts from a warm server), else spawn.
-
-    Never plain fork: the Ray actor that owns the pool runs threads.
-    """
-    if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("forkserver")
-    return multiprocessing.get_context("spawn")
-
-
-class RuleRewardScorer:
-    """Scores items with rule verifiers, each sample under its own deadline."""
-
-    def __init__(
-        self,
-        correct_reward: float = 1.0,
-        incorrect_reward: float = 0.0,
-        timeout_s: float = 10.0,
-        verifiers: Optional[Mapping[str, Callable[[str, str], bool]]] = None,
-    ) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.correct_reward = float(correct_reward)
-        self.incorrect_reward = float(incorrect_reward)
-        self.timeout_s = float(timeout_s)
-        self.verifiers = dict(VERIFIERS if verifiers is None else verifiers)
-        self._pool: Optional[cf.ProcessPoolExecutor] = None
-        self._context = _mp_context()
-        if self._context.get_start_method() == "forkserver":
-            # Imported once by the fork server, so a restarted verifier process is ready in
-            # well under a second (no effect if this process's fork server already runs).
-            modules = {"math_verify", "reward.verifiers", __name__}
-            modules |= {fn.__module__ for fn in self.verifiers.values()}
-            self._context.set_forkserver_preload(sorted(modules))
-
-    # -- pool lifecycle -------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the verifier process and import the parsers, outside any sample's deadline."""
-        if self._pool is not None:
-            return
-        pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context, initializer=_exit_when_orphaned)
-        try:
-            pool.submit(warm_up).result(timeout=_STARTUP_TIMEOUT_S)
-        except BaseException as err:
-            self._kill(pool)
-            raise RewardError(f"could not start the verifier process: {type(err).__name__}: {err}") from err
-        self._pool = pool
-
-    def close(self) -> None:
-        """Kill the verifier process (idempotent)."""
-        if self._pool is not None:
-            self._kill(self._pool)
-            self._pool = None
-
-    @staticmethod
-    def _kill(pool: cf.ProcessPoolExecutor) -> None:
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        for process in processes:
-            process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.join(timeout=5.0)
-
-    # -- scoring --------------------------------------------------------------------------
-
-    def _verifier(self, task: str, uid: str) -> Callable[[str, str], bool]:
-        try:
-            return self.verifiers[task]
-        except KeyError:
-            known = ", ".join(sorted(self.verifiers))
-            raise RewardError(f"sample {uid!r}: unknown task {task!r} (known: {known})") from None
-
-    def _submit(self, items: Sequence[Item]) -> list[cf.Future]:
-        assert self._pool is not None
-        return [self._pool.submit(self._verifier(task, uid), completion, gold) for task, completion, gold, uid in items]
-
-    def score(self, items: Sequence[Item]) -> tuple[list[tuple[float, bool]], dict]:
-        """Score items in order; returns [(reward, correct), ...] and {'timeouts', 'seconds'}.
-
-        All pending items are queued at once; the single worker runs them in order, so
-        waiting on each future in turn with ``timeout_s`` gives every sample its own
-        deadline, measured from when the previous one finished.
-        """
-        started = time.monotonic()
-        for task, _, _, uid in items:
-            self._verifier(task, uid)  # fail on an unknown task before any work
-        results: list[tuple[float, bool]] = []
-        timeouts = 0
-        while len(results) < len(items):
-            self.start()
-            pending = items[len(results):]
-            futures = self._submit(pending)
-            for (task, _, _, uid), future in zip(pending, futures):
-                try:
-                    correct = bool(future.result(timeout=self.timeout_s))
-                except cf.TimeoutError:
-                    timeouts += 1
-                    results.append((self.incorrect_reward, False))
-                    self.close()  # kill the stuck process; the rest is resubmitted to a new one
-                    break
-                except BrokenProcessPool as err:
-                    self.close()
-                    raise RewardError(f"verifier process died while scoring sample {uid!r} (task {task!r})") from err
-                except Exception as err:
-                    self.close()  # drop the samples still queued behind it: the next call starts clean
-                    raise RewardError(
-                        f"verifier for task {task!r} raised on sample {uid!r}: {type(err).__name__}: {err}"
-                    ) from err
-                results.append((self.correct_reward if correct else self.incorrect_reward, correct))
-        return results, {"timeouts": timeouts, "seconds": time.monotonic() - started}
 
 
 @ray.remote
@@ -193,10 +56,11 @@ class RewardWorker:
         verifiers: Optional[Mapping[str, Callable[[str, str], bool]]] = None,
         models: Optional[Mapping[str, str]] = None,
         model_opts: Optional[Mapping] = None,
+        memory_mb: int = 1024,
     ) -> None:
         from orchestrator.worker_metrics import WorkerGauges
 
-        self._scorer = RuleRewardScorer(correct_reward, incorrect_reward, timeout_s, verifiers)
+        self._scorer = RuleRewardScorer(correct_reward, incorrect_reward, timeout_s, verifiers, memory_mb)
         self._scorer.start()
         self.gauges = WorkerGauges("reward", ray.get_runtime_context().get_actor_name() or "reward-worker")
         self._timeout_s = float(timeout_s)
@@ -215,8 +79,9 @@ class RewardWorker:
     def model_versions(self) -> dict:
         return {kind: {"path": m.path, "version": m.version} for kind, m in self._models.items()}
 
-    def score(self, items: Sequence[Item], requests: Optional[Mapping[str, Sequence]] = None) -> tuple[list, dict, dict]:
-        """(rule results, {kind: per-request step probabilities}, stats) for one shard.
+    def score(self, items: Sequence[Item], requests: Optional[Mapping[str, Sequence]] = None
+              ) -> tuple[list[Verdict], dict, dict]:
+        """(rule verdicts, {kind: per-request step probabilities}, stats) for one shard.
 
         A model batch slower than ``timeout_s`` per sample is an error naming the model and the
         samples (a learned reward never falls back to a silent zero).
@@ -266,6 +131,7 @@ class RewardPool:
         resources: Optional[Mapping[str, float]] = None,
         max_restarts: int = 3,
         placement_timeout_s: float = 120.0,
+        memory_mb: int = 1024,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -274,7 +140,7 @@ class RewardPool:
         self.model_version = {kind: 0 for kind in self.model_paths}
         self._bundle = {k: float(v) for k, v in {"CPU": num_cpus_per_worker, **dict(resources or {})}.items() if v > 0}
         self._args = (correct_reward, incorrect_reward, timeout_s, verifiers)
-        self._model_opts, self._placement_timeout_s = model_opts, placement_timeout_s
+        self._model_opts, self._placement_timeout_s, self._memory_mb = model_opts, placement_timeout_s, memory_mb
         self.restarts_left, self.restarts = max_restarts, 0
         self.names = [f"{name_prefix}-{i}" for i in range(num_workers)]
         self._pgs: list = [None] * num_workers
@@ -285,7 +151,7 @@ class RewardPool:
         release(self._pgs[i])
         self._pgs[i] = place(self.names[i], [self._bundle], self._placement_timeout_s)
         return RewardWorker.options(name=self.names[i], **actor_options(self._bundle), **scheduling(self._pgs[i])).remote(
-            *self._args, self.model_paths, self._model_opts)
+            *self._args, self.model_paths, self._model_opts, self._memory_mb)
 
     def _restart(self, i: int, why: str) -> None:
         """Replace dead worker ``i`` (same models, same versions) and wait until it answers."""
@@ -297,10 +163,10 @@ class RewardPool:
         self.names[i] = f"{old.split('-restart')[0]}-restart{self.restarts}"
         print(f"warning: {old} {why}; restarting it as {self.names[i]} and rescoring its shard", flush=True)
         self.workers[i] = self._spawn(i)
-        self._gather([(self.names[i], self.workers[i].ping.remote())], _STARTUP_TIMEOUT_S)
+        self._gather([(self.names[i], self.workers[i].ping.remote())], STARTUP_TIMEOUT_S)
         for kind, path in self.model_paths.items():
             self._gather([(self.names[i], self.workers[i].load_model.remote(kind, path, self.model_version[kind]))],
-                         _STARTUP_TIMEOUT_S)
+                         STARTUP_TIMEOUT_S)
 
     @classmethod
     def from_config(
@@ -326,7 +192,7 @@ class RewardPool:
                         "batch_size": rc.model_batch_size, "trust_remote_code": cfg.model.trust_remote_code,
                         "dtype": reward_model_dtype(cfg)},
             resources=rc.resources, max_restarts=rc.max_restarts,
-            placement_timeout_s=cfg.resources.placement_timeout_s,
+            placement_timeout_s=cfg.resources.placement_timeout_s, memory_mb=rc.verifier_memory_mb,
         )
 
     def ready(self, timeout_s: float) -> None:
@@ -355,7 +221,9 @@ class RewardPool:
 
     def stats(self, rewarded: Sequence[Episode], prm_scores: Optional[list], timeouts: int, seconds: float) -> dict:
         """A step's reward metrics from ``score_parts`` answers (joined, when a step was scored in chunks)."""
-        return {"reward/timeouts": timeouts, "reward/worker_restarts": self.restarts, "time/reward_s": seconds,
+        return {"reward/timeouts": timeouts,
+                "reward/verifier_errors": sum(e.verifier_error is not None for e in rewarded),
+                "reward/worker_restarts": self.restarts, "time/reward_s": seconds,
                 **reward_stats(rewarded, prm_scores)}
 
     def score_parts(self, episodes: Sequence[Episode], timeout_s: float, steps: Optional[Sequence[Steps]] = None,
@@ -386,13 +254,14 @@ class RewardPool:
         for ((start, end), name, _), (results, scores, stats) in zip(shards, answers):
             if len(results) != end - start or any(len(v) != end - start for v in scores.values()):
                 raise RewardError(f"reward worker {name} returned {len(results)} results for {end - start} episodes")
-            for i, (r, c) in enumerate(results):
+            for i, verdict in enumerate(results):
                 k = start + i
                 orm = scores["orm"][i][-1] if "orm" in scores else None
                 prm = scores["prm"][i] if "prm" in scores else None
                 prm_scores.append(prm or [])
-                rewarded.append(compose(episodes[k], r, c, orm, prm, weights, steps[k] if steps is not None else None,
-                                        self.correct_reward, self.incorrect_reward))
+                episode = compose(episodes[k], verdict.reward, verdict.correct, orm, prm, weights,
+                                  steps[k] if steps is not None else None, self.correct_reward, self.incorrect_reward)
+                rewarded.append(replace(episode, verifier_error=verdict.error))
             timeouts += stats["timeouts"]
         return rewarded, prm_scores if "prm" in requests else None, timeouts
 

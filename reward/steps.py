@@ -22,6 +22,8 @@ import re
 from fractions import Fraction
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from reward.verifiers import MAX_NUMBER_DIGITS
+
 __all__ = [
     "split_steps",
     "token_char_ends",
@@ -218,9 +220,13 @@ def step_token_ends(tokenizer: Any, token_ids: Sequence[int], separator: str = "
 
 # ----------------------------------------------------------------- step rewards
 
-_NUM = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+# Numbers of at most MAX_NUMBER_DIGITS digits, and an equation starts where no number, word or
+# decimal point ends: a match is tried once per run of digits, so a 100k-digit response costs
+# linear time, and no Fraction is ever built from more digits than int() accepts.
+_NUM = (rf"\$?(?:\d{{1,3}}(?:,\d{{3}}){{1,{MAX_NUMBER_DIGITS // 3}}}|\d{{1,{MAX_NUMBER_DIGITS}}})"
+        rf"(?:\.\d{{1,{MAX_NUMBER_DIGITS}}})?")
 _EQUATION_RE = re.compile(
-    rf"(?P<a>-?{_NUM})[ \t]*(?P<op>[-+*/\u00d7\u00f7])[ \t]*(?P<b>-?{_NUM})"
+    rf"(?<![\w.,])(?P<a>-?{_NUM})[ \t]*(?P<op>[-+*/\u00d7\u00f7])[ \t]*(?P<b>-?{_NUM})"
     rf"[ \t]*=[ \t]*(?P<c>-?{_NUM})"
 )
 _OPERATORS = "+-*/\u00d7\u00f7^"
@@ -243,7 +249,8 @@ def equations_in(text: str) -> List[Tuple[str, bool]]:
     negative, with thousands commas or a ``$``. Part of a longer chain
     (``2 + 3 + 4 = 9``, ``2 + 3 = 5 * 2``) is not a simple equation and is skipped. ``c``
     may be rounded to the decimals it is written with (``10 / 3 = 3.33`` is right); an
-    integer ``c`` must be exact; division by zero is wrong.
+    integer ``c`` must be exact; division by zero is wrong. An equation with a number of more than
+    ``reward.verifiers.MAX_NUMBER_DIGITS`` digits is not checked (no evidence either way).
     """
     text = text.replace("\u2212", "-")
     found: List[Tuple[str, bool]] = []

@@ -11,9 +11,14 @@ completion's final answer is correct:
   LaTeX answer by ``math_verify`` (symbolic equivalence), with an exact normalised string
   match as a fallback.
 
+A number of more than ``MAX_NUMBER_DIGITS`` digits, or a boxed MATH answer of more than
+``MAX_ANSWER_CHARS`` characters, is no answer to a math problem: it is simply wrong, decided
+before any conversion or parsing (so ``"#### " + "9" * 400`` cannot make ``float`` overflow).
+
 ``math_verify`` enforces its own timeouts with ``signal.alarm``, which only works in the
 main thread; we switch them off (``parsing_timeout=None`` / ``timeout_seconds=None``)
-because ``reward.pool`` runs every verifier call in a worker process it can kill.
+because every verifier call runs in a memory-capped process that ``reward.rule_scorer``
+kills at its deadline (``9^{9^{9^{9}}}`` is only stopped there).
 """
 from __future__ import annotations
 
@@ -29,6 +34,10 @@ from typing import Callable, Optional
 _NUMBER_RE = re.compile(
     r"(?:(?<![\w)\]}])[-+])?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
 )
+MAX_NUMBER_DIGITS = 100
+"""A number with more digits than this compares unequal to everything (and is never converted)."""
+MAX_ANSWER_CHARS = 1000
+"""A boxed MATH answer longer than this is wrong without being parsed."""
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _LATEX_FRAC_RE = re.compile(r"^([-+]?)\\[dt]?frac(?:\{([^{}]+)\}|(\d))(?:\{([^{}]+)\}|(\d))$")
 _LATEX_NOISE_RE = re.compile(r"\\[,;:! $%]|\\left|\\right|\\displaystyle|[$%]|\s")
@@ -62,8 +71,11 @@ def _split_fraction(text: str) -> list[str]:
 
 
 def _to_fraction(value: str) -> Optional[Fraction]:
-    """Parse '72', '-3.5', '1,234', '3/4', '\\frac{3}{4}' into an exact Fraction, else None."""
+    """Parse '72', '-3.5', '1,234', '3/4', '\\frac{3}{4}' into an exact Fraction, else None (also for a
+    number of more than ``MAX_NUMBER_DIGITS`` digits)."""
     text = _LATEX_NOISE_RE.sub("", value.replace("\u2212", "-")).rstrip(".")
+    if sum(char.isdigit() for char in text) > MAX_NUMBER_DIGITS:
+        return None
     parts = _split_fraction(text)
     if len(parts) > 2 or not all(_NUMBER_RE.fullmatch(part) for part in parts):
         return None
@@ -192,7 +204,7 @@ def _import_math_verify():
 def verify_math(completion: str, gold: str) -> bool:
     """MATH: the completion's last boxed answer is equivalent to the gold LaTeX answer."""
     predicted = last_boxed(completion)
-    if predicted is None:
+    if predicted is None or len(predicted) > MAX_ANSWER_CHARS:
         return False
     gold_answer = last_boxed(gold) if any(cmd in gold for cmd in _BOX_COMMANDS) else gold
     if gold_answer is None:

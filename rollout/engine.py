@@ -272,3 +272,8 @@ class RolloutEngine:
 
     def ping(self) -> str:
         return self.name
+
+    def shutdown(self) -> None:
+        """Stop vLLM's engine-core process and its workers now (the pool calls this before it kills
+        the actor, so no EngineCore outlives its engine even if killing the actor left it behind)."""
+        self.llm.llm_engine.engine_core.shutdown()

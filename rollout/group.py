@@ -100,10 +100,7 @@ class RolloutGroup:
         log.warning("%s dropped from the rollout pool: %s", name, reason)
         print(f"warning: {name} {reason}; continuing on {len(self.engines)} engine(s)", flush=True)
         if handle is not None:
-            try:
-                ray.kill(handle)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
+            _stop(handle)
         release(self._pgs.pop(name, None))
 
     def ready(self, names: Optional[Sequence[str]] = None) -> None:
@@ -297,9 +294,21 @@ class RolloutGroup:
 
     def shutdown(self) -> None:
         for name in self.names:
-            handle = self.engines.pop(name)
-            try:
-                ray.kill(handle)
-            except Exception:  # noqa: BLE001
-                pass
+            _stop(self.engines.pop(name))
             release(self._pgs.pop(name, None))
+
+
+ENGINE_SHUTDOWN_S = 10.0
+"""How long an engine gets to stop vLLM's processes before its actor is killed anyway."""
+
+
+def _stop(handle) -> None:
+    """Shut the engine's vLLM processes down, then kill its actor (a dead or stuck engine is killed)."""
+    try:
+        ray.get(handle.shutdown.remote(), timeout=ENGINE_SHUTDOWN_S)
+    except Exception:  # noqa: BLE001 - dead, stuck or already stopping: the kill below is what counts
+        pass
+    try:
+        ray.kill(handle)
+    except Exception:  # noqa: BLE001 - already dead
+        pass

@@ -58,6 +58,9 @@ class FakeEngine:
     def get_policy_version(self):
         return self.version
 
+    def shutdown(self):
+        pass
+
     def die(self):
         os._exit(1)
 

@@ -81,3 +81,100 @@ def test_resume_hint_names_the_saved_config_and_step(tmp_path):
     write_checkpoint(str(tmp_path), 7, _fill(), keep_last=2)
     hint = resume_hint(str(tmp_path))
     assert hint.startswith(f"grpo train -c {tmp_path}/config.yaml --resume") and "after step 7" in hint
+
+
+def test_truncate_jsonl_drops_a_torn_last_line_with_a_warning(tmp_path, caplog):
+    """A SIGKILL or a full disk mid-append leaves half a record without its newline: resume drops it."""
+    path = tmp_path / "samples.jsonl"
+    whole = "".join(json.dumps({"step": s, "uid": f"q{s}"}) + "\n" for s in (1, 2, 3))
+    path.write_text(whole + '{"step": 4, "uid": "q')
+    with caplog.at_level("WARNING"):
+        assert truncate_jsonl(str(path), 2) == 1  # step 3 dropped; the torn line is not a record
+    assert path.read_text() == whole.split("\n", 2)[0] + "\n" + whole.split("\n", 2)[1] + "\n"
+    assert "samples.jsonl: dropped its torn last line (line 4" in caplog.text
+    # a complete record that lost only its newline is kept, and gets one
+    path.write_text(json.dumps({"step": 1}) + "\n" + json.dumps({"step": 2}))
+    assert truncate_jsonl(str(path), 2) == 0
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_a_torn_line_glued_to_a_later_append_is_dropped_and_counted(tmp_path, caplog):
+    """A run that appended after a torn line glued its first record to it: that line is unreadable too."""
+    from orchestrator.metrics import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "rew{"step": 2}\n{"step": 3}\n[4]\n')
+    with caplog.at_level("WARNING"):
+        assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 3]
+        assert truncate_jsonl(str(path), 2) == 1
+    assert "metrics.jsonl: dropped 2 unreadable lines (2, 4)" in caplog.text
+    assert path.read_text() == '{"step": 1}\n'
+
+
+def _live_process():
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+def _partial(root, name, pid, host=None):
+    import socket
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / ".writer.json").write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid}))
+    (folder / "part.txt").write_text("half")
+    return folder
+
+
+def test_the_partial_sweep_leaves_a_live_writers_save_alone(tmp_path):
+    root = tmp_path / "checkpoints"
+    writer = _live_process()
+    try:
+        live = _partial(root, ".partial-step_3-aaaa", writer.pid)
+        dead = _partial(root, ".partial-step_2-bbbb", 2**22 + 1)  # above pid_max: no such process
+        unmarked = root / ".partial-step_1"  # an older version's, without a writer file
+        unmarked.mkdir()
+        elsewhere = _partial(root, ".partial-step_2-cccc", writer.pid, host="another-host")
+        write_checkpoint(str(tmp_path), 4, _fill(), keep_last=2)
+        assert live.is_dir() and (live / "part.txt").read_text() == "half"
+        assert not dead.exists() and not unmarked.exists() and not elsewhere.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    write_checkpoint(str(tmp_path), 5, _fill(), keep_last=2)  # the writer is gone: its partial goes too
+    assert sorted(os.listdir(root)) == ["step_4", "step_5"]
+
+
+def test_a_partial_folder_that_cannot_be_deleted_does_not_block_the_save(tmp_path):
+    """Each save writes into a folder of its own name (a live writer's partial of the same step stays)."""
+    writer = _live_process()
+    try:
+        _partial(tmp_path / "checkpoints", ".partial-step_2", writer.pid)
+        path = write_checkpoint(str(tmp_path), 2, _fill("mine"), keep_last=2)
+        assert (tmp_path / "checkpoints" / "step_2" / "part.txt").read_text() == "mine"
+        assert json.loads((tmp_path / "checkpoints" / "step_2" / ".writer.json").read_text())["pid"] == os.getpid()
+        assert find_checkpoint(str(tmp_path), "auto") == path
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_resuming_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
+    """Resume from step_50 while step_100 exists, then save step_60: the timeline is 50 -> 60, and
+    neither pruning nor --resume reaches the abandoned step_100."""
+    from orchestrator.checkpoint import STATE_FILE, set_aside_newer
+
+    for step in (50, 100):
+        write_checkpoint(str(tmp_path), step, _fill(), keep_last=5)
+    aside = set_aside_newer(str(tmp_path), 50)
+    assert os.path.basename(aside).startswith("abandoned-after-step_50-")
+    assert sorted(os.listdir(aside)) == ["step_100"] and os.path.isfile(os.path.join(aside, "step_100", STATE_FILE))
+    write_checkpoint(str(tmp_path), 60, _fill(), keep_last=2)
+    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [50, 60]
+    prune(str(tmp_path), 1)
+    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [60]
+    assert find_checkpoint(str(tmp_path), "auto").endswith("step_60")
+    assert os.path.isdir(os.path.join(aside, "step_100"))  # kept, out of the way
+    assert set_aside_newer(str(tmp_path), 60) is None

@@ -58,7 +58,24 @@ def test_cli_preflight_failures_are_one_line(tiny_model, tmp_path, capsys):
     code = main(["train", "-c", str(ROOT / "configs/tiny_cpu.yaml"), f"model.path={bad_model}", "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert err.startswith(f"error: model.path={str(bad_model)!r}: cannot load config/tokenizer")
+    assert err.startswith(f"error: model.path={str(bad_model)!r}: cannot load the model's config (")
+
+
+def test_unreachable_hub_model_is_one_line(tmp_path):
+    """A hub name that cannot be loaded (here: the hub switched off, never contacted), in training and
+    evaluation: exit 2, one line naming the model, before any engine or actor starts."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    for argv in (["train", "-c", "configs/tiny_cpu.yaml", "model.path=nobody/no-such-model", "--dry-run"],
+                 ["eval", "--model", "nobody/no-such-model", "--dataset", "arithmetic", "--limit", "1"]):
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+        assert "'nobody/no-such-model': cannot load the model's config (" in lines[0]
 
 
 def test_results_stream_is_the_only_thing_on_stdout(capfd):

@@ -1,11 +1,12 @@
-"""Reward scoring: the process-isolated scorer, then the Ray actors around it (real Ray)."""
+"""The reward actors around the protected scorer (real Ray; the scorer alone: test_rule_scorer.py)."""
 import time
+from dataclasses import replace
 
 import pytest
 import ray
 
 from orchestrator.types import Episode, Problem
-from reward.pool import RewardError, RewardPool, RuleRewardScorer
+from reward.pool import RewardError, RewardPool
 from tests.reward.faulty_verifiers import FAULTY_VERIFIERS
 
 CORRECT, INCORRECT = 2.0, -0.5
@@ -13,8 +14,8 @@ SAMPLE_TIMEOUT_S = 2.0
 SLACK_S = 4.0
 """Time allowed beyond the deadline: killing the stuck process and starting a new one."""
 
-# Starting Ray and the reward actors takes 20-35 s on a 2-core machine, so every test that
-# needs the cluster is marked slow; the scorer tests above them need no Ray.
+# Starting Ray and the reward actors takes 20-35 s on a 2-core machine, so every test that needs the
+# cluster is marked slow.
 slow = pytest.mark.slow
 
 
@@ -30,14 +31,6 @@ def _episode(task: str, text: str, gold: str, group_id: int = 0, uid: str = "q")
         finish_reason="stop",
         policy_version=0,
     )
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    s = RuleRewardScorer(CORRECT, INCORRECT, SAMPLE_TIMEOUT_S, verifiers=FAULTY_VERIFIERS)
-    s.start()
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")
@@ -63,60 +56,6 @@ def pool(ray_cluster):
     p.shutdown()
 
 
-def test_scorer_gives_hand_computed_rewards(scorer):
-    items = [
-        ("arithmetic", "5 + 7 = 12", "12", "a"),
-        ("arithmetic", "13", "12", "b"),
-        ("gsm8k", "so she sold 72 clips\n#### 72", "72", "c"),
-        ("math", "\\boxed{\\frac{1}{2}}", "0.5", "d"),
-        ("math", "no box", "0.5", "e"),
-    ]
-    results, stats = scorer.score(items)
-    assert results == [(2.0, True), (-0.5, False), (2.0, True), (2.0, True), (-0.5, False)]
-    assert stats["timeouts"] == 0
-    assert scorer.score([]) == ([], {"timeouts": 0, "seconds": pytest.approx(0.0, abs=0.5)})
-
-
-def test_scorer_times_out_a_hanging_sample_and_scores_the_rest(scorer):
-    items = [
-        ("arithmetic", "12", "12", "before"),
-        ("hang", "anything", "1", "stuck"),
-        ("arithmetic", "13", "13", "after-1"),
-        ("arithmetic", "1", "13", "after-2"),
-    ]
-    start = time.monotonic()
-    results, stats = scorer.score(items)
-    elapsed = time.monotonic() - start
-    assert results == [(2.0, True), (-0.5, False), (2.0, True), (-0.5, False)]
-    assert stats["timeouts"] == 1
-    assert SAMPLE_TIMEOUT_S <= elapsed < SAMPLE_TIMEOUT_S + SLACK_S
-    # The pool was recreated: the next call works and counts no timeout.
-    results, stats = scorer.score([("arithmetic", "7", "7", "next")])
-    assert (results, stats["timeouts"]) == ([(2.0, True)], 0)
-
-
-def test_scorer_raises_reward_error_naming_the_sample(scorer):
-    with pytest.raises(RewardError, match=r"task 'boom'.*sample 'bad-uid'.*ZeroDivisionError"):
-        scorer.score([("arithmetic", "1", "1", "ok"), ("boom", "x", "1", "bad-uid")])
-    with pytest.raises(RewardError, match=r"sample 'u9': unknown task 'chess'"):
-        scorer.score([("chess", "e4", "e4", "u9")])
-
-
-def test_scorer_after_an_error_does_not_wait_behind_stale_samples(scorer):
-    # The hanging sample queued behind the failing one must not delay the next call.
-    with pytest.raises(RewardError, match="boom"):
-        scorer.score([("boom", "x", "1", "first"), ("hang", "x", "1", "queued")])
-    results, stats = scorer.score([("arithmetic", "8", "8", "fresh")])
-    assert results == [(2.0, True)]
-    assert stats["timeouts"] == 0
-    assert stats["seconds"] < SAMPLE_TIMEOUT_S
-
-
-def test_scorer_rejects_a_bad_timeout():
-    with pytest.raises(ValueError, match="timeout_s"):
-        RuleRewardScorer(1.0, 0.0, 0.0)
-
-
 @slow
 def test_pool_scores_episodes_in_order(pool):
     episodes = [
@@ -133,8 +72,9 @@ def test_pool_scores_episodes_in_order(pool):
     assert [e.response_text for e in scored] == [e.response_text for e in episodes]
     assert stats["reward/timeouts"] == 0
     assert stats["time/reward_s"] > 0
-    assert pool.score([], timeout_s=10) == ([], {"reward/timeouts": 0, "reward/worker_restarts": 0,
-                                                 "time/reward_s": pytest.approx(0, abs=1)})
+    assert [e.verifier_error for e in scored] == [None] * 5
+    assert pool.score([], timeout_s=10) == ([], {"reward/timeouts": 0, "reward/verifier_errors": 0,
+                                                 "reward/worker_restarts": 0, "time/reward_s": pytest.approx(0, abs=1)})
 
 
 @slow
@@ -156,10 +96,18 @@ def test_pool_counts_a_timeout_and_scores_the_other_samples(pool):
 
 
 @slow
-def test_pool_raises_reward_error_naming_the_episode(pool):
-    episodes = [_episode("arithmetic", "1", "1", 0), _episode("boom", "x", "1", 0, uid="train.jsonl:17")]
-    with pytest.raises(RewardError, match=r"test-reward-worker-1.*train\.jsonl:17.*ZeroDivisionError"):
-        pool.score(episodes, timeout_s=60)
+def test_pool_scores_a_failing_verifier_wrong_and_records_why(pool):
+    episodes = [_episode("arithmetic", "1", "1", 0), _episode("boom", "x", "1", 0),
+                _episode("die", "x", "1", 1), _episode("arithmetic", "2", "2", 1)]
+    scored, stats = pool.score(episodes, timeout_s=60)
+    assert [(e.reward, e.correct) for e in scored] == [(2.0, True), (-0.5, False), (-0.5, False), (2.0, True)]
+    assert [e.verifier_error for e in scored] == [None, "ZeroDivisionError: cannot grade 'x'",
+                                                  "verifier process died (exit code 3)", None]
+    assert stats["reward/verifier_errors"] == 2 and stats["reward/timeouts"] == 0
+    assert stats["reward/worker_restarts"] == 0  # the verifier process was replaced, not the actor
+    unknown = r"test-reward-worker-1.*sample 'q \(episode 1, group 0\)': unknown task 'chess'"
+    with pytest.raises(RewardError, match=unknown):
+        pool.score([_episode("arithmetic", "1", "1", 0), _episode("chess", "e4", "e4", 0)], timeout_s=60)
 
 
 @slow
@@ -173,3 +121,13 @@ def test_pool_deadline_names_the_late_worker(ray_cluster):
         assert time.monotonic() - start < 10
     finally:
         slow.shutdown()
+
+
+def test_stats_count_the_episodes_whose_verifier_failed():
+    pool = type("Pool", (), {"restarts": 1})()
+    episodes = [_episode("arithmetic", "1", "1").with_reward(2.0, True),
+                replace(_episode("boom", "x", "1"), verifier_error="ZeroDivisionError: cannot grade 'x'"),
+                replace(_episode("die", "x", "1"), verifier_error="verifier process died (exit code 3)")]
+    stats = RewardPool.stats(pool, episodes, None, 1, 0.5)
+    assert (stats["reward/verifier_errors"], stats["reward/timeouts"], stats["reward/worker_restarts"]) == (2, 1, 1)
+    assert RewardPool.stats(pool, [], None, 0, 0.0)["reward/verifier_errors"] == 0

@@ -4,6 +4,7 @@ Expected spans and rewards are worked out by hand; the tokenizer tests use the r
 SmolLM2 byte-level BPE tokenizer (skipped when the model folder is missing).
 """
 
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,18 @@ def test_equations_in(text, expected):
         assert found == expected
     else:
         assert [ok for _, ok in found] == expected
+
+
+def test_equations_with_overlong_numbers_are_not_checked_and_cost_linear_time():
+    # 5000 digits: Fraction() would raise (int() refuses > 4300); numbers of > MAX_NUMBER_DIGITS are skipped
+    assert equations_in("9" * 5000 + " + 1 = 2 and 1 + 1 = 2") == [("1 + 1 = 2", True)]
+    assert equations_in("1 + " + "9" * 101 + " = 2") == []
+    assert equations_in("1 + 1 = " + "2" * 101) == []
+    hundred = "1" + "0" * 99
+    assert equations_in(f"{hundred} + 1 = {hundred[:-1]}1") == [(f"{hundred} + 1 = {hundred[:-1]}1", True)]
+    start = time.monotonic()
+    for text in ("9" * 100_000, "+".join(["1"] * 100_000), "1" + ",000" * 30_000, "1.1" * 30_000):
+        assert equations_in(text) == []
+    assert time.monotonic() - start < 2.0  # 40k digits took 100 s when a match was tried at every digit
+    huge_step = "9" * 5000 + " * 2 = 1\n\n"
+    assert arithmetic_step_rewards([huge_step, "#### 5"], outcome_correct=False) == [0.5, 0.0]

@@ -1,11 +1,13 @@
 """Rule verifiers: answer extraction, numeric comparison, and grading of real dataset rows."""
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from reward.verifiers import (
     VERIFIERS,
+    answer_key,
     extract_gsm8k_answer,
     extract_model_answer_number,
     last_boxed,
@@ -141,3 +143,25 @@ def test_math_rows_verify_their_own_boxed_answer():
     # The solutions' own last box agrees with the answer field too.
     solved = sum(verify_math(row["solution"], row["answer"]) for row in rows)
     assert solved >= 95
+
+
+def test_a_number_too_long_to_be_an_answer_is_wrong_without_being_converted():
+    # float("9" * 400) is inf (Fraction(inf) raises OverflowError); int() refuses > 4300 digits
+    assert not verify_gsm8k("#### " + "9" * 400, "72")
+    assert not verify_gsm8k("#### " + "9" * 400, "9" * 400)  # even when the gold says so: no real answer is that long
+    assert not verify_arithmetic("9" * 5000, "5")
+    assert not verify_arithmetic("the sum is " + "1" * 5000, "1" * 5000)
+    hundred = "1" + "0" * 99  # MAX_NUMBER_DIGITS digits: still a number
+    assert numbers_equal(hundred, hundred) and not numbers_equal(hundred + "0", hundred + "0")
+    assert numbers_equal("1/" + "3" * 99, "1/" + "3" * 99) and not numbers_equal("1/" + "3" * 100, "1/" + "3" * 100)
+    assert answer_key("gsm8k", "#### " + "9" * 400) == "9" * 400  # a key, not a crash: votes with its twins
+    assert answer_key("gsm8k", "#### 1,000") == "1000"
+
+
+def test_an_overlong_boxed_answer_is_wrong_without_being_parsed():
+    long_sum = "+".join(["1"] * 501)  # 1001 characters, more than MAX_ANSWER_CHARS
+    start = time.monotonic()
+    assert not verify_math("\\boxed{" + long_sum + "}", "501")
+    assert not verify_math("\\boxed{" + "\\frac{1}{" * 1000 + "2" + "}" * 1000 + "}", "5")
+    assert time.monotonic() - start < 0.5
+    assert verify_math("\\boxed{" + "+".join(["1"] * 20) + "}", "20")  # a short sum is still parsed
