@@ -101,6 +101,15 @@ def run_updates(batch: TokenBatch, old: torch.Tensor, ref: Optional[torch.Tensor
     return sums
 
 
+def without_dropout(config):
+    """``config`` with every dropout probability at 0 (``*dropout*`` and GPT-2's ``*_pdrop`` fields): the
+    policy trains in training mode, and GRPO's ratio compares it with no-grad passes of the same weights."""
+    for name, value in config.to_dict().items():
+        if ("dropout" in name or name.endswith("pdrop")) and isinstance(value, float) and value > 0:
+            setattr(config, name, 0.0)
+    return config
+
+
 def accumulated_grad_norm(module: torch.nn.Module) -> float:
     """L2 norm of the gradients accumulated on ``module``'s parameters (after the all-reduce, before clipping)."""
     norms = [torch.linalg.vector_norm(p.grad.float()) for p in module.parameters() if p.grad is not None]
@@ -112,7 +121,7 @@ class PolicyTrainer:
 
     def __init__(self, cfg, batch_size: int, world_size: int = 1, rank: int = 0):
         import deepspeed
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
@@ -131,9 +140,14 @@ class PolicyTrainer:
         self.attention = cfg.learner.attn_implementation
         attn = {} if self.attention == "auto" else {"attn_implementation": self.attention}
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trc)
-        policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trc, **attn)
+        config = without_dropout(AutoConfig.from_pretrained(path, trust_remote_code=trc))
+        policy = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32, trust_remote_code=trc,
+                                                      **attn)
         if cfg.learner.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
+        # transformers loads in eval mode, and checkpoints activations only in training mode; without
+        # dropout, training mode computes the same function as the no-grad passes (ratio 1 at mu=1)
+        policy.train()
         self.reference = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, trust_remote_code=trc, **attn)
         self.reference.requires_grad_(False).eval().to(self.device)
         linear_params = sum(p.numel() for p in policy.parameters()) - policy.get_input_embeddings().weight.numel()

@@ -436,7 +436,8 @@ class Trainer:
                     metrics = self.run_step(step)
                     self.stop.abandonable = False
                     logger.log(step, metrics)
-                    if self._should_checkpoint(step) or self.stop.received is not None:
+                    checkpointed = self._should_checkpoint(step) or self.stop.received is not None
+                    if checkpointed:
                         self.checkpoint(step)
                 except StopRequested as e:  # came while the step could still be dropped
                     self.stop.abandonable = False
@@ -448,6 +449,8 @@ class Trainer:
                     raise TrainingError(f"step {step} failed: {e}{saved}") from e
                 bar.update(1)
                 if self.stop.received is not None:
+                    if not checkpointed:  # the signal came after the check above
+                        self.checkpoint(step)
                     stopped = StopRequested(self.stop.received)
                     raise RunStopped(f"{stopped} after step {step}, checkpointed\nto resume: "
                                      f"{resume_hint(self.out_dir)}", stopped.exit_code)

@@ -60,3 +60,49 @@ def test_packed_step_equals_plain_step(tiny_model):
     model = torch.nn.Linear(2, 1, bias=False)
     model.weight.grad = torch.tensor([[3.0, 4.0]])
     assert accumulated_grad_norm(model) == pytest.approx(5.0)
+
+
+def test_gradient_checkpointing_really_checkpoints(tiny_model):
+    """With learner.gradient_checkpointing the policy trains in training mode (transformers loads it in
+    eval mode, where it never checkpoints), so the training passes keep only each decoder layer's input
+    for backward: the activations autograd saves fall to a fraction. Loss and gradient norm are the same
+    either way, and the first ratio at mu=1 is exactly 1."""
+    from learner.actor import _start_rank
+    from learner.trainer import PolicyTrainer, without_dropout
+    from orchestrator.config import load_config
+
+    _start_rank(0, 2)
+    base = [f"model.path={tiny_model}", "model.dtype=float32", "data.questions_per_step=2", "rollout.group_size=4",
+            "learner.micro_batch_size=4", "learner.lr=1e-5", "learner.packed_sequences=false",
+            "learner.shared_prompt=false"]
+    saved, metrics = {}, {}
+    for flag in (False, True):
+        trainer = PolicyTrainer(load_config(None, base + [f"learner.gradient_checkpointing={str(flag).lower()}"]),
+                                batch_size=8)
+        module = trainer.engine.module
+        assert module.training and module.is_gradient_checkpointing == flag
+        params = {p.data_ptr() for p in module.parameters()}
+        activations = [0]
+
+        def pack(t, activations=activations, params=params):
+            if t.data_ptr() not in params:  # weights are saved either way
+                activations[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            metrics[flag] = trainer.train_step(_batch(trainer.tokenizer), 0, 4)
+        saved[flag] = activations[0]
+    assert saved[True] < 0.25 * saved[False], saved
+    assert metrics[True]["loss/ratio_mean"] == 1.0 and metrics[False]["loss/ratio_mean"] == 1.0
+    assert metrics[True]["loss/loss"] == pytest.approx(metrics[False]["loss/loss"], rel=1e-5, abs=1e-7)
+    assert metrics[True]["loss/grad_norm"] == pytest.approx(metrics[False]["loss/grad_norm"], rel=1e-4)
+
+    class Config:
+        def __init__(self):
+            self.attention_dropout, self.resid_pdrop, self.hidden_size = 0.1, 0.2, 8
+
+        def to_dict(self):
+            return dict(vars(self))
+
+    cleaned = without_dropout(Config())
+    assert (cleaned.attention_dropout, cleaned.resid_pdrop, cleaned.hidden_size) == (0.0, 0.0, 8)
