@@ -61,6 +61,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from learner import registry
+from learner.chunked_logprobs import chunked_token_logprobs
 from learner.registry import (
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
@@ -240,15 +241,16 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
 
     Args:
         logits: ``[B, T, V]`` (any float dtype; bf16/fp16 are upcast to fp32
-            one batch row at a time).
+            a chunk of positions at a time).
         targets: ``[B, T]`` integer token ids.
         temperature: sampling temperature (> 0) the tokens were drawn with.
 
     Returns:
         ``[B, T]`` float tensor (fp32, or fp64 for fp64 logits), differentiable
         w.r.t. ``logits``. Computed as ``gather(logits) - logsumexp(logits)``
-        per batch row, so at most one ``[T, V]`` upcast copy exists at a time
-        and no ``[B, T, V]`` log-softmax tensor is materialised.
+        a chunk of positions at a time with its own backward
+        (``learner.chunked_logprobs``): no fp32 copy of the logits is kept for
+        backward, and at most one fp32 chunk exists at a time.
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
@@ -256,20 +258,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
         raise ValueError(f"targets shape {tuple(targets.shape)} != logits[:2] {tuple(logits.shape[:2])}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    targets = targets.long()
-    rows = []
-    # unbind, not logits[b]: its backward stacks the row gradients once instead of filling a zero
-    # [B, T, V] gradient for every row
-    for row, row_targets in zip(logits.unbind(0), targets.unbind(0)):
-        row = row.to(out_dtype)  # [T, V]
-        if temperature != 1.0:
-            row = row / temperature
-        picked = row.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)  # [T]
-        rows.append(picked - torch.logsumexp(row, dim=-1))
-    if not rows:
-        return logits.new_zeros(targets.shape, dtype=out_dtype)
-    return torch.stack(rows, dim=0)
+    return chunked_token_logprobs(logits, targets, temperature)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
