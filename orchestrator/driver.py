@@ -74,6 +74,7 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = cfg.output.dir
         self.start_step = 1
+        self._trained = None  # (step, episodes, metrics) of a step trained but not yet recorded
         from orchestrator.stop_signals import StopSignals
 
         self.stop = StopSignals()
@@ -251,6 +252,8 @@ class Trainer:
             gen["time/prefetch_generate_s"] = time.time() - t_next
         learn = self._get(update, f"step {step}: learner update")
         self.policy_version = step
+        # the step is trained: a failure before its records are written keeps them (_save_after_failure)
+        self._trained = (step, episodes, {**step_metrics(episodes, cfg.rollout.group_size), **gen, **rew, **learn})
         sync_s = self.sync_weights(step)
         versions = self.rollout.policy_versions()
         if set(versions.values()) != {step}:
@@ -275,6 +278,7 @@ class Trainer:
             "data/position": self.sampler.position,
         })
         self._write_samples(step, episodes)
+        self._trained = None
         return metrics
 
     def evaluate(self, step: int) -> dict:
@@ -427,7 +431,7 @@ class Trainer:
         cfg = self.cfg
         self.setup()
         bar = tqdm(total=cfg.total_steps, initial=self.start_step - 1, desc="GRPO steps", unit="step", disable=None)
-        logger = MetricsLogger(self.out_dir, cfg.total_steps, cfg.logging.log_every, cfg.logging.ray_metrics,
+        self.logger = logger = MetricsLogger(self.out_dir, cfg.total_steps, cfg.logging.log_every, cfg.logging.ray_metrics,
                                tags={"run": os.path.basename(os.path.abspath(self.out_dir))}, echo=bar.write)
         with self.stop:  # SIGTERM / SIGINT: see orchestrator.stop_signals
             for step in range(self.start_step, cfg.total_steps + 1):
@@ -462,10 +466,12 @@ class Trainer:
         return final
 
     def _save_after_failure(self, step: int) -> str:
-        """Keep what was trained before the failure and say how to resume. If the learner still holds
-        the state after step-1 (the failure came before the update), that state becomes a checkpoint,
-        also under output.checkpoint_every=0; after the update, the policy is saved in HF format, named
-        by the learner's count of updates."""
+        """Keep what was trained before the failure and say how to resume, also under
+        output.checkpoint_every=0. If the learner still holds the state after step-1 (the failure came
+        before the update), that state becomes a checkpoint; if the step was trained and failed later
+        (the weight sync, say), the step's record and samples are written (``step/failed_after_update``)
+        and the state after it becomes a checkpoint; otherwise the policy is saved in HF format, named by
+        the learner's count of updates."""
         from orchestrator.checkpoint import list_checkpoints, resume_hint
 
         try:
@@ -477,6 +483,12 @@ class Trainer:
                 self.sampler.load_state_dict(self._sampler_before)  # the failed step's questions come again
                 self.prefetched = None
                 saved = f" (state after step {version} checkpointed to {self.checkpoint(version)})"
+            elif version == step and self._trained is not None and self._trained[0] == step:
+                _, episodes, partial = self._trained
+                self.logger.log(step, {**partial, "step/failed_after_update": 1.0})
+                self._write_samples(step, episodes)
+                self._trained = None
+                saved = f" (step {step} was trained: state after it checkpointed to {self.checkpoint(step)})"
             else:
                 path = os.path.abspath(os.path.join(self.out_dir, f"policy_after_step_{version}"))
                 self._get(self.learner.save_pretrained.remote(path), "saving the policy after a failure")

@@ -69,3 +69,35 @@ def test_a_resume_from_an_older_checkpoint_continues_one_timeline(fakes, tmp_pat
     finally:
         last.shutdown()
     assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+class SyncFailsAtStep2(Trainer):
+    """The weight sync after step 2's update misses its deadline."""
+
+    def sync_weights(self, version, names=None):
+        if version == 2 and names is None:
+            raise TrainingError("weight sync: rollout-engine-0 did not answer within 1.0s")
+        return super().sync_weights(version, names)
+
+
+def test_a_failure_after_the_update_checkpoints_the_trained_step(fakes, tmp_path):  # noqa: F811
+    """Step 2 is trained when its sync fails: the run keeps step 2's record and samples and checkpoints
+    the state after it (not only a Hugging Face policy), and the resume continues at step 3."""
+    cfg = _cfg(fakes, tmp_path, "output.checkpoint_every=0")
+    trainer = SyncFailsAtStep2(cfg)
+    try:
+        with pytest.raises(TrainingError, match=r"step 2 failed: .*step 2 was trained: state after it checkpointed"):
+            trainer.train()
+    finally:
+        trainer.shutdown()
+    assert [step for step, _ in list_checkpoints(str(tmp_path))] == [2]
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [1, 2] and records[1]["step/failed_after_update"] == 1.0
+    resumed = Trainer(_cfg(fakes, tmp_path, "output.checkpoint_every=0", "output.resume=auto"))
+    try:
+        resumed.train()
+    finally:
+        resumed.shutdown()
+    samples = [json.loads(line) for line in open(tmp_path / "samples.jsonl")]
+    assert _uids(samples) == _expected_uids(cfg, 4)
+    assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
