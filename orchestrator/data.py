@@ -94,10 +94,11 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
 
 def missing_data_hint(path: str) -> str:
     """What to run when a file of ``grpo prepare-data``'s layout (data/gsm8k, data/math) is missing."""
-    parts = os.path.normpath(path).split(os.sep)
+    norm = os.path.normpath(path)
+    parts = norm.split(os.sep)
     if len(parts) < 3 or parts[-2] not in ("gsm8k", "math") or not parts[-1].endswith(".jsonl"):
         return ""
-    root = os.path.join(*parts[:-2]) or os.sep
+    root = os.path.dirname(os.path.dirname(norm)) or "."
     command = "grpo prepare-data" + ("" if root == "data" else f" --out {root}")
     return f" (run `{command}` to download GSM8K and MATH, or `{command} --from DIR` to copy a local mirror)"
 

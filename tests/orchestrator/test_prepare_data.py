@@ -138,6 +138,7 @@ def test_missing_data_files_say_what_to_run():
     assert missing_data_hint("data/gsm8k/train.jsonl") == (
         " (run `grpo prepare-data` to download GSM8K and MATH, or `grpo prepare-data --from DIR` to copy a local mirror)")
     assert "`grpo prepare-data --out mine`" in missing_data_hint("mine/math/test.jsonl")
+    assert "`grpo prepare-data --out /srv/shared/data`" in missing_data_hint("/srv/shared/data/gsm8k/train.jsonl")
     assert missing_data_hint("elsewhere/train.jsonl") == ""
     with pytest.raises(DataError, match=r"data/gsm8k/test\.jsonl: no such file \(run `grpo prepare-data`"):
         load_gsm8k("data/gsm8k/test.jsonl")
