@@ -18,6 +18,7 @@ import yaml
 from orchestrator.config_checks import (  # noqa: F401  (re-exported: one import site for users)
     ATTN_IMPLEMENTATIONS, KL_ESTIMATORS, LOSS_AGGS, TASKS, ConfigError, validate as check_config,
 )
+from orchestrator.remote import STALL_TIMEOUT_S
 
 
 @dataclass
@@ -277,6 +278,10 @@ class ResourcesConfig:
     a copy of the model."""
     timeout_s: float = 1800.0
     """Deadline for any remote call (generation, scoring, a learner step, a sync); a late actor is named in the error."""
+    stall_timeout_s: float = STALL_TIMEOUT_S
+    """A rollout engine or reward worker that owes an answer and shows no progress for this long (no vLLM step,
+    no streamed chunk, no heartbeat answered: a stopped or frozen process) is declared hung, killed, and its
+    work redone on the others, like a dead one's (0 = off: only timeout_s ends a wait)."""
     placement_timeout_s: float = 120.0
     """How long to wait for a role's placement group (its GPUs/CPUs/custom resources) before failing with what is missing."""
     check_cluster: bool = True
@@ -303,6 +308,12 @@ class LoggingConfig:
     """Also export per-step figures as Ray metrics (Prometheus, Ray dashboard)."""
     dashboard: bool = True
     """Start the Ray dashboard with the local Ray (its address is printed); a cluster's own dashboard is used otherwise."""
+    tensorboard: bool = False
+    """Also write every metrics.jsonl figure to TensorBoard event files in <output.dir>/tensorboard (needs pip install 'grpo-ray[logging]')."""
+    wandb_project: Optional[str] = None
+    """Also log every metrics.jsonl figure to this Weights & Biases project, one run per process named after output.dir, files in <output.dir>/wandb (needs pip install 'grpo-ray[logging]')."""
+    wandb_mode: str = "auto"
+    """W&B mode: 'auto' (W&B's WANDB_MODE when set, else 'online' with an API key from WANDB_API_KEY or `wandb login`, else 'offline'), 'online' or 'offline'. Online without a key, or an online start that fails (no internet), falls back to offline; upload offline runs with `wandb sync <output.dir>/wandb/offline-run-*`."""
 
 
 @dataclass

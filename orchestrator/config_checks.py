@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from orchestrator.metric_sinks import INSTALL_HINT, WANDB_MODES, missing_packages
+
 TASKS = ("gsm8k", "math", "arithmetic")
 # Names of the variants registered in learner.algorithm (kept here so validation needs no torch import;
 # tests/orchestrator/test_config.py checks that both lists agree).
@@ -99,6 +101,7 @@ def validate(cfg) -> None:
         ("resources.weight_sync", cfg.resources.weight_sync in ("auto", "shm", "file", "nccl"),
          "must be 'auto', 'shm', 'file' or 'nccl'"),
         ("resources.timeout_s", cfg.resources.timeout_s > 0, "must be > 0"),
+        ("resources.stall_timeout_s", cfg.resources.stall_timeout_s >= 0, "must be >= 0 (0 = off)"),
         ("eval.every_steps", cfg.eval.every_steps >= 0, "must be >= 0"),
         ("eval.num_questions", cfg.eval.num_questions >= 1, "must be >= 1"),
         ("eval.samples", cfg.eval.samples >= 0, "must be >= 0"),
@@ -106,6 +109,9 @@ def validate(cfg) -> None:
         ("eval.every_steps", cfg.eval.every_steps == 0 or cfg.data.task == "arithmetic" or bool(cfg.data.eval_file),
          "needs held-out questions: set data.eval_file"),
         ("logging.log_every", cfg.logging.log_every >= 1, "must be >= 1"),
+        ("logging.wandb_mode", cfg.logging.wandb_mode in WANDB_MODES, f"must be one of {WANDB_MODES}"),
+        ("logging.wandb_project", cfg.logging.wandb_project is None or bool(cfg.logging.wandb_project.strip()),
+         "must name a project (or be null)"),
         ("rollout.max_restarts", cfg.rollout.max_restarts >= 0, "must be >= 0"),
         ("rollout.cpu_reserved_cores", cfg.rollout.cpu_reserved_cores >= 0, "must be >= 0"),
         ("reward.max_restarts", cfg.reward.max_restarts >= 0, "must be >= 0"),
@@ -128,6 +134,9 @@ def validate(cfg) -> None:
             if key in ("CPU", "GPU", "memory") or not isinstance(amount, (int, float)) or amount <= 0:
                 raise ConfigError(f"config field {role}.resources has {key}={amount!r}: custom resources need a "
                                   "positive amount (CPUs and GPUs have their own fields)")
+    for name, package in missing_packages(cfg.logging)[:1]:
+        raise ConfigError(f"config field logging.{name}={_get(cfg.logging, name)!r} needs the {package!r} package, "
+                          f"which is not installed: {INSTALL_HINT}")
     for name in ("orm_path", "prm_path"):
         path = getattr(cfg.reward, name)
         if path and path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):

@@ -426,13 +426,15 @@ class Trainer:
         from tqdm import tqdm
 
         from orchestrator.checkpoint import resume_hint
+        from orchestrator.metric_sinks import open_sinks
         from orchestrator.stop_signals import StopRequested
 
         cfg = self.cfg
         self.setup()
         bar = tqdm(total=cfg.total_steps, initial=self.start_step - 1, desc="GRPO steps", unit="step", disable=None)
         self.logger = logger = MetricsLogger(self.out_dir, cfg.total_steps, cfg.logging.log_every, cfg.logging.ray_metrics,
-                               tags={"run": os.path.basename(os.path.abspath(self.out_dir))}, echo=bar.write)
+                               tags={"run": os.path.basename(os.path.abspath(self.out_dir))}, echo=bar.write,
+                               sinks=open_sinks(cfg, self.out_dir, echo=bar.write))
         with self.stop:  # SIGTERM / SIGINT: see orchestrator.stop_signals
             for step in range(self.start_step, cfg.total_steps + 1):
                 try:
@@ -463,6 +465,7 @@ class Trainer:
         if cfg.output.save_final:
             self._get(self.learner.save_pretrained.remote(final), "saving the final policy")
             print(f"saved policy to {final}", flush=True)
+        logger.close()
         return final
 
     def _save_after_failure(self, step: int) -> str:
@@ -501,6 +504,8 @@ class Trainer:
     def shutdown(self) -> None:
         from orchestrator.placement import release
 
+        if hasattr(self, "logger"):
+            self.logger.close(exit_code=1)  # a run that ended well has closed it already (close is idempotent)
         if hasattr(self, "learner"):
             try:
                 import ray

@@ -1,4 +1,5 @@
-"""Per-step metrics: one progress line, one JSON line in metrics.jsonl, and Ray dashboard gauges.
+"""Per-step metrics: one progress line, one JSON line in metrics.jsonl, Ray dashboard gauges, and
+the optional TensorBoard / W&B copies (``orchestrator.metric_sinks``).
 
 Names are namespaced (``reward/mean``, ``loss/kl``, ``time/generate_s``) and exported to Prometheus
 through ``ray.util.metrics`` with ``/`` replaced by ``_`` and a ``grpo_`` prefix.
@@ -11,7 +12,9 @@ import math
 import os
 import sys
 import time
-from typing import Optional
+from typing import Optional, Sequence
+
+from orchestrator.metric_sinks import scalars
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +35,18 @@ def prometheus_name(key: str) -> str:
 
 
 class MetricsLogger:
+    """``log`` each step's figures; ``close`` (or leaving a ``with`` block) flushes and closes the
+    ``sinks`` (``metric_sinks.open_sinks``), which get every numeric figure of each record."""
+
     def __init__(self, out_dir: str, total_steps: int, log_every: int = 1, ray_metrics: bool = True,
-                 tags: Optional[dict] = None, echo=print):
+                 tags: Optional[dict] = None, echo=print, sinks: Sequence = ()):
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.total_steps, self.log_every = total_steps, log_every
         self.ray_metrics, self.tags = ray_metrics, dict(tags or {})
         self._gauges: dict = {}
         self.echo = echo
+        self.sinks = list(sinks)
         self._t0 = time.time()
 
     def _export(self, record: dict) -> None:
@@ -64,11 +71,40 @@ class MetricsLogger:
             except Exception as e:  # noqa: BLE001 - the dashboard is optional, training is not
                 log.warning("could not export Ray metrics: %s", e)
                 self.ray_metrics = False
+        if self.sinks:
+            values = scalars(record)
+            for sink in list(self.sinks):
+                try:
+                    sink.write(step, values)
+                except Exception as e:  # noqa: BLE001 - a copy of metrics.jsonl; training goes on without it
+                    log.warning("%s off after step %d: %s", type(sink).__name__, step, e)
+                    self.sinks.remove(sink)
+                    self._close(sink, exit_code=1)
         if step % self.log_every == 0 or step == self.total_steps:
             parts = [fmt.format(record[k]) for k, fmt in PROGRESS_KEYS if k in record]
             self.echo(f"[step {step}/{self.total_steps}] " + " | ".join(parts))
             sys.stdout.flush()
         return record
+
+    def close(self, exit_code: int = 0) -> None:
+        """Flush and close the sinks (a W&B run ends with ``exit_code``: non-zero marks it failed).
+        Idempotent: a second call does nothing."""
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            self._close(sink, exit_code)
+
+    @staticmethod
+    def _close(sink, exit_code: int) -> None:
+        try:
+            sink.close(exit_code)
+        except Exception as e:  # noqa: BLE001 - the other sinks still get closed
+            log.warning("could not close %s: %s", type(sink).__name__, e)
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(0 if exc_type is None else 1)
 
 
 def read_metrics(out_dir: str) -> list[dict]:
