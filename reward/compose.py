@@ -4,7 +4,8 @@ Outcome supervision: ``reward = rule_weight * rule + orm_weight * P_orm(correct)
 Process supervision: step j's reward is ``rule_weight * rule_step_j + prm_weight * P_prm(step j ok)``,
 and the outcome part ``orm_weight * P_orm`` is added to the last step (it judges the final answer).
 Rule step rewards check each step's arithmetic and grade the last step by the verifier
-(``reward.steps.arithmetic_step_rewards``). The rule verdict is always kept on the episode
+(``reward.steps.arithmetic_step_rewards``, computed with the verdict in the protected verifier process,
+``reward.rule_scorer``), and arrive here ready. The rule verdict is always kept on the episode
 (``correct``, ``rule_reward``) so a learned reward that drifts from it is visible in the metrics.
 """
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from orchestrator.types import Episode
-from reward.steps import arithmetic_step_rewards
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,19 @@ class RewardWeights:
 
 
 def compose(ep: Episode, rule_reward: float, correct: bool, orm: Optional[float], prm: Optional[Sequence[float]],
-            weights: RewardWeights, steps: Optional[tuple[Sequence[int], Sequence[str]]],
-            correct_reward: float = 1.0, incorrect_reward: float = 0.0) -> Episode:
-    """The episode with its composed reward (and step rewards when ``steps`` is given)."""
+            weights: RewardWeights, steps: Optional[tuple[Sequence[int], Sequence[float]]]) -> Episode:
+    """The episode with its composed reward, and step rewards when ``steps`` is given: (each step's last
+    token index, each step's rule reward)."""
     outcome = weights.rule * rule_reward + (weights.orm * orm if orm is not None else 0.0)
     ep = ep.with_reward(outcome, correct, rule_reward=rule_reward, learned_reward=orm)
     if steps is None:
         return ep
-    ends, texts = steps
+    ends, rule_steps = steps
     if not ends:
         return ep.with_steps([], [])
-    rewards = [weights.rule * r for r in arithmetic_step_rewards(texts, correct, correct_reward, incorrect_reward)]
+    if len(rule_steps) != len(ends):
+        raise ValueError(f"{ep.problem.uid}: {len(rule_steps)} rule step rewards for {len(ends)} steps")
+    rewards = [weights.rule * r for r in rule_steps]
     if prm is not None:
         if len(prm) != len(ends):
             raise ValueError(f"{ep.problem.uid}: process reward model scored {len(prm)} steps of {len(ends)}")

@@ -5,13 +5,15 @@ Three layers, each wrapping the one below:
 * ``reward.rule_scorer.RuleRewardScorer`` (plain class): scores ``(task, completion, gold, uid)``
   items in a memory-capped process, each under its own deadline. A sample whose verifier runs
   late, raises or kills its process is wrong (and counted); the process is replaced.
-* ``RewardWorker`` (Ray actor): holds one scorer and the learned reward models in use
-  (``reward.model.RewardModel``), which can be hot-swapped (Iterative RL).
+* ``RewardWorker`` (plain class, run as a Ray actor by the pool): holds one scorer and the learned
+  reward models in use (``reward.model.RewardModel``), which can be hot-swapped (Iterative RL).
 * ``RewardPool`` (driver side): splits a step's episodes into contiguous shards, one per
   worker, scores them in parallel under a deadline, composes rule and learned rewards
   (``reward.compose``) and returns the rewarded episodes in their original order. An episode the
   verifier gave no verdict on carries the error (``Episode.verifier_error``), counted in
-  ``reward/verifier_errors``.
+  ``reward/verifier_errors``. A worker that dies, or hangs (no heartbeat answered for the stall
+  deadline, ``orchestrator.remote.StallWatch``: a stopped process; a busy one still answers), is
+  replaced and its shard rescored (``reward/worker_restarts``; hung ones also in ``reward/workers_hung``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 import ray
 
 from orchestrator.placement import actor_options, place, release, scheduling
-from orchestrator.remote import ActorDied, gather, gather_tolerating_deaths, shard_bounds
+from orchestrator.remote import (HEARTBEAT_ACTOR, STALL_TIMEOUT_S, ActorDied, ActorHung, StallWatch, gather,
+                                 gather_tolerating_deaths, shard_bounds)
 from orchestrator.types import Episode
 from reward.compose import RewardWeights, compose, reward_stats
 from reward.process import Steps
@@ -43,10 +46,10 @@ def reward_model_dtype(cfg: "TrainConfig") -> str:
     return cfg.model.dtype if cfg.model.dtype != "auto" else "float32"
 
 
-@ray.remote
 class RewardWorker:
-    """Ray actor: one RuleRewardScorer (always: its verdict is logged even under learned rewards) plus
-    the learned reward models in use, by kind ('orm', 'prm'), each swappable in place."""
+    """Ray actor (``RewardPool`` starts it with a heartbeat thread): one RuleRewardScorer (always: its
+    verdict is logged even under learned rewards) plus the learned reward models in use, by kind ('orm',
+    'prm'), each swappable in place."""
 
     def __init__(
         self,
@@ -66,6 +69,7 @@ class RewardWorker:
         self._timeout_s = float(timeout_s)
         self._model_opts = dict(model_opts or {})
         self._models: dict = {}
+        self.scored = 0  # samples scored: the progress ``heartbeat`` reports
         for kind, path in (models or {}).items():
             self.load_model(kind, path, 0)
 
@@ -79,15 +83,16 @@ class RewardWorker:
     def model_versions(self) -> dict:
         return {kind: {"path": m.path, "version": m.version} for kind, m in self._models.items()}
 
-    def score(self, items: Sequence[Item], requests: Optional[Mapping[str, Sequence]] = None
-              ) -> tuple[list[Verdict], dict, dict]:
-        """(rule verdicts, {kind: per-request step probabilities}, stats) for one shard.
+    def score(self, items: Sequence[Item], requests: Optional[Mapping[str, Sequence]] = None,
+              step_texts: Optional[Sequence[Sequence[str]]] = None) -> tuple[list[Verdict], dict, dict]:
+        """(rule verdicts, {kind: per-request step probabilities}, stats) for one shard; with
+        ``step_texts`` (process supervision) the verdicts carry rule step rewards.
 
         A model batch slower than ``timeout_s`` per sample is an error naming the model and the
         samples (a learned reward never falls back to a silent zero).
         """
         self.gauges.started(len(items))
-        results, stats = self._scorer.score(items)
+        results, stats = self._scorer.score(items, step_texts=step_texts)
         scores = {}
         for kind, reqs in (requests or {}).items():
             if kind not in self._models:
@@ -103,11 +108,17 @@ class RewardWorker:
                                       f"{len(chunk)} samples (over {self._timeout_s}s each): {uids}")
             scores[kind] = out
         self.gauges.finished(0, 0.0)
+        self.scored += len(items)
         return results, scores, stats
 
     def ping(self) -> int:
         """Liveness check; returns the actor's process id."""
         return os.getpid()
+
+    def heartbeat(self) -> int:
+        """Answered on the actor's heartbeat thread while ``score`` runs: alive, even if busy (each sample
+        is bounded by its own verifier deadline). Returns ``scored``."""
+        return self.scored
 
     def close(self) -> None:
         self._scorer.close()
@@ -132,6 +143,7 @@ class RewardPool:
         max_restarts: int = 3,
         placement_timeout_s: float = 120.0,
         memory_mb: int = 1024,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -142,6 +154,7 @@ class RewardPool:
         self._args = (correct_reward, incorrect_reward, timeout_s, verifiers)
         self._model_opts, self._placement_timeout_s, self._memory_mb = model_opts, placement_timeout_s, memory_mb
         self.restarts_left, self.restarts = max_restarts, 0
+        self.stall_s, self.workers_hung = stall_timeout_s, 0
         self.names = [f"{name_prefix}-{i}" for i in range(num_workers)]
         self._pgs: list = [None] * num_workers
         self.workers = [self._spawn(i) for i in range(num_workers)]
@@ -150,11 +163,12 @@ class RewardPool:
         """Start worker ``i`` in its own placement group, with the reward models currently in use."""
         release(self._pgs[i])
         self._pgs[i] = place(self.names[i], [self._bundle], self._placement_timeout_s)
-        return RewardWorker.options(name=self.names[i], **actor_options(self._bundle), **scheduling(self._pgs[i])).remote(
+        actor = ray.remote(**HEARTBEAT_ACTOR)(RewardWorker)
+        return actor.options(name=self.names[i], **actor_options(self._bundle), **scheduling(self._pgs[i])).remote(
             *self._args, self.model_paths, self._model_opts, self._memory_mb)
 
     def _restart(self, i: int, why: str) -> None:
-        """Replace dead worker ``i`` (same models, same versions) and wait until it answers."""
+        """Replace dead (or killed) worker ``i`` (same models, same versions) and wait until it answers."""
         if self.restarts_left <= 0:
             raise RewardError(f"{self.names[i]} {why} and reward.max_restarts replacements are used up")
         self.restarts_left -= 1
@@ -193,6 +207,7 @@ class RewardPool:
                         "dtype": reward_model_dtype(cfg)},
             resources=rc.resources, max_restarts=rc.max_restarts,
             placement_timeout_s=cfg.resources.placement_timeout_s, memory_mb=rc.verifier_memory_mb,
+            stall_timeout_s=cfg.resources.stall_timeout_s,
         )
 
     def ready(self, timeout_s: float) -> None:
@@ -223,7 +238,8 @@ class RewardPool:
         """A step's reward metrics from ``score_parts`` answers (joined, when a step was scored in chunks)."""
         return {"reward/timeouts": timeouts,
                 "reward/verifier_errors": sum(e.verifier_error is not None for e in rewarded),
-                "reward/worker_restarts": self.restarts, "time/reward_s": seconds,
+                "reward/worker_restarts": self.restarts, "reward/workers_hung": self.workers_hung,
+                "time/reward_s": seconds,
                 **reward_stats(rewarded, prm_scores)}
 
     def score_parts(self, episodes: Sequence[Episode], timeout_s: float, steps: Optional[Sequence[Steps]] = None,
@@ -246,7 +262,8 @@ class RewardPool:
             requests["prm"] = [(ep.problem, tuple(texts)) for ep, (_, texts) in zip(episodes, steps)]
         bounds = shard_bounds(len(items), len(self.workers))
         shards = [(b, i) for i, b in enumerate(bounds) if b[1] > b[0]]
-        answers = self._score_shards(items, requests, shards, timeout_s)
+        step_texts = None if steps is None else [list(texts) for _, texts in steps]
+        answers = self._score_shards(items, requests, step_texts, shards, timeout_s)
         shards = [(b, self.names[i], self.workers[i]) for b, i in shards]
         rewarded: list[Episode] = []
         prm_scores: list = []
@@ -260,23 +277,32 @@ class RewardPool:
                 prm = scores["prm"][i] if "prm" in scores else None
                 prm_scores.append(prm or [])
                 episode = compose(episodes[k], verdict.reward, verdict.correct, orm, prm, weights,
-                                  steps[k] if steps is not None else None, self.correct_reward, self.incorrect_reward)
+                                  None if steps is None else (steps[k][0], verdict.step_rewards))
                 rewarded.append(replace(episode, verifier_error=verdict.error))
             timeouts += stats["timeouts"]
         return rewarded, prm_scores if "prm" in requests else None, timeouts
 
-    def _score_shards(self, items: list, requests: dict, shards: list, timeout_s: float) -> list:
-        """One answer per shard ((start, end), worker index); a worker that dies is restarted and its
-        shard scored again by the replacement."""
+    def _score_shards(self, items: list, requests: dict, step_texts: Optional[list], shards: list,
+                      timeout_s: float) -> list:
+        """One answer per shard ((start, end), worker index); a worker that dies, or hangs (answers no
+        heartbeat for the stall deadline: it is killed), is restarted and its shard scored again by the
+        replacement."""
         answers: dict[int, object] = {}
         todo = list(shards)
         while todo:
-            calls = [(self.names[i], self.workers[i].score.remote(items[a:b], {k: r[a:b] for k, r in requests.items()}))
+            calls = [(self.names[i], self.workers[i].score.remote(items[a:b], {k: r[a:b] for k, r in requests.items()},
+                                                                  None if step_texts is None else step_texts[a:b]))
                      for (a, b), i in todo]
-            got = gather_tolerating_deaths(calls, timeout_s, "reward workers", RewardError)
+            watch = StallWatch({self.names[i]: self.workers[i] for _, i in todo}, self.stall_s)
+            got = gather_tolerating_deaths(calls, timeout_s, "reward workers", RewardError, watch)
             retry = []
             for ((a, b), i), answer in zip(todo, got):
-                if isinstance(answer, ActorDied):
+                if isinstance(answer, ActorHung):
+                    self.workers_hung += 1
+                    _kill(self.workers[i])
+                    self._restart(i, f"{answer.reason} while scoring episodes {a}-{b - 1}: killed")
+                    retry.append(((a, b), i))
+                elif isinstance(answer, ActorDied):
                     self._restart(i, f"died while scoring episodes {a}-{b - 1}")
                     retry.append(((a, b), i))
                 else:
@@ -291,10 +317,14 @@ class RewardPool:
         except Exception:  # noqa: BLE001 - a dead worker has nothing to close
             pass
         for worker in self.workers:
-            try:
-                ray.kill(worker)
-            except Exception:  # already dead: nothing to release
-                pass
+            _kill(worker)
         for pg in self._pgs:
             release(pg)
         self.workers, self._pgs = [], []
+
+
+def _kill(worker) -> None:
+    try:
+        ray.kill(worker, no_restart=True)
+    except Exception:  # noqa: BLE001 - already dead: nothing to release
+        pass

@@ -11,6 +11,10 @@ A policy can write anything, so one completion may cost its own sample and nothi
 * it runs past ``timeout_s`` (``\\boxed{9^{9^{9^{9}}}}``): the sample is wrong and counts in
   ``timeouts``; the process is killed and a new one scores the rest.
 
+Process supervision's rule step rewards (``reward.steps.arithmetic_step_rewards``, when ``score`` gets
+the samples' step texts) are computed in the same process under the same deadline: a sample with no
+verdict gets ``incorrect_reward`` on every step.
+
 The process runs under ``RLIMIT_AS`` (``memory_mb``), and math-verify's own ``signal.alarm``
 timeouts stay off (``reward.verifiers``): the deadline is kept here. Only an unknown task (a
 configuration error) and a process that cannot start raise ``RewardError``.
@@ -30,6 +34,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple, Optional, Sequence
 
+from reward.steps import arithmetic_step_rewards
 from reward.verifiers import VERIFIERS, answer_key, warm_up
 
 if TYPE_CHECKING:
@@ -40,6 +45,9 @@ Item = tuple[str, str, str, str]
 
 STARTUP_TIMEOUT_S = 300.0
 """Deadline for starting a verifier process and importing the parsers (not a sample's time)."""
+
+_HEADROOM_MB = 16
+"""A verifier process must be able to allocate this much at start (see ``_warm_up_under_cap``)."""
 
 _ERROR_CHARS = 300
 """A recorded error is cut to this many characters (an exception may quote a 100k-character completion)."""
@@ -58,6 +66,8 @@ class Verdict(NamedTuple):
     """Why the verifier gave no verdict (its exception, or its process's death); None if it answered or timed out."""
     answer: Optional[str] = None
     """The completion's final answer as a voting key (``reward.verifiers.answer_key``), when asked for."""
+    step_rewards: Optional[tuple[float, ...]] = None
+    """Rule reward of each reasoning step, when ``score`` was given the step texts (process supervision)."""
 
 
 # -- in the verifier process ----------------------------------------------------------------------
@@ -85,14 +95,25 @@ def _describe(err: BaseException) -> str:
     return " ".join(text.split())[:_ERROR_CHARS]
 
 
-def _judge(verifier: Callable[[str, str], bool], task: str, completion: str, gold: str,
-           with_answer: bool) -> tuple[bool, Optional[str], Optional[str]]:
-    """(correct, answer key or None, error or None) of one sample; runs in the verifier process."""
+def _judge(verifier: Callable[[str, str], bool], task: str, completion: str, gold: str, with_answer: bool,
+           step_texts: Optional[Sequence[str]], rewards: tuple[float, float]
+           ) -> tuple[bool, Optional[str], Optional[str], Optional[tuple[float, ...]]]:
+    """(correct, answer key or None, error or None, step rewards or None) of one sample; runs in the
+    verifier process. ``rewards``: (correct_reward, incorrect_reward) for the step rewards."""
     try:
         correct = bool(verifier(completion, gold))
-        return correct, answer_key(task, completion) if with_answer else None, None
+        answer = answer_key(task, completion) if with_answer else None
+        steps = None if step_texts is None else tuple(arithmetic_step_rewards(step_texts, correct, *rewards))
+        return correct, answer, None, steps
     except BaseException as err:  # noqa: BLE001 - whatever a completion makes the verifier do costs that sample only
-        return False, None, _describe(err)
+        return False, None, _describe(err), None
+
+
+def _warm_up_under_cap() -> bool:
+    """Import the parsers, then show that the memory cap leaves room to work: a cap below what the process
+    already maps fails here, at start, even when the parsers fit in memory the process had already."""
+    bytearray(_HEADROOM_MB << 20)
+    return warm_up()
 
 
 # -- in the owning process ------------------------------------------------------------------------
@@ -159,7 +180,7 @@ class RuleRewardScorer:
         if self._context.get_start_method() == "forkserver":
             # Imported once by the fork server, so a restarted verifier process is ready in
             # well under a second (no effect if this process's fork server already runs).
-            modules = {"math_verify", "reward.verifiers", __name__}
+            modules = {"math_verify", "reward.steps", "reward.verifiers", __name__}
             modules |= {fn.__module__ for fn in self.verifiers.values()}
             self._context.set_forkserver_preload(sorted(modules))
 
@@ -184,7 +205,7 @@ class RuleRewardScorer:
         pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context,
                                       initializer=_start_verifier_process, initargs=(self.memory_mb,))
         try:
-            pool.submit(warm_up).result(timeout=STARTUP_TIMEOUT_S)
+            pool.submit(_warm_up_under_cap).result(timeout=STARTUP_TIMEOUT_S)
         except BaseException as err:
             self._kill(pool)
             raise RewardError(f"could not start the verifier process (memory cap {self.memory_mb} MiB, "
@@ -225,18 +246,23 @@ class RuleRewardScorer:
             known = ", ".join(sorted(self.verifiers))
             raise RewardError(f"sample {uid!r}: unknown task {task!r} (known: {known})") from None
 
-    def _submit(self, items: Sequence[Item], with_answers: bool) -> list[cf.Future]:
+    def _submit(self, items: Sequence[Item], with_answers: bool,
+                step_texts: Sequence[Optional[Sequence[str]]]) -> list[cf.Future]:
         """Queue every item on a live verifier process (one that died while idle is replaced first:
         no sample is blamed for it)."""
         if self._process is not None and not self._process.is_alive():
             self.close()
         self.start()
         assert self._pool is not None
-        return [self._pool.submit(_judge, self._verifier(task, uid), task, completion, gold, with_answers)
-                for task, completion, gold, uid in items]
+        rewards = (self.correct_reward, self.incorrect_reward)
+        return [self._pool.submit(_judge, self._verifier(task, uid), task, completion, gold, with_answers, texts,
+                                  rewards)
+                for (task, completion, gold, uid), texts in zip(items, step_texts)]
 
-    def score(self, items: Sequence[Item], with_answers: bool = False) -> tuple[list[Verdict], dict]:
-        """One Verdict per item, in order (with answer keys if ``with_answers``), and
+    def score(self, items: Sequence[Item], with_answers: bool = False,
+              step_texts: Optional[Sequence[Sequence[str]]] = None) -> tuple[list[Verdict], dict]:
+        """One Verdict per item, in order (with answer keys if ``with_answers``, with rule step rewards
+        if ``step_texts``, one list of step texts per item, is given), and
         {'timeouts', 'verifier_errors', 'seconds', 'peak_rss_mb'}.
 
         All pending items are queued at once; the single worker runs them in order, so waiting on
@@ -248,34 +274,44 @@ class RuleRewardScorer:
         started = time.monotonic()
         for task, _, _, uid in items:
             self._verifier(task, uid)  # fail on an unknown task before any work
+        if step_texts is not None and len(step_texts) != len(items):
+            raise ValueError(f"{len(step_texts)} step-text lists for {len(items)} items")
+        texts: Sequence[Optional[Sequence[str]]] = [None] * len(items) if step_texts is None else step_texts
+
+        def wrong(k: int, error: Optional[str] = None) -> Verdict:
+            steps = None if texts[k] is None else (self.incorrect_reward,) * len(texts[k])
+            return Verdict(self.incorrect_reward, False, error, None, steps)
+
         self._peak_kb = 0
         verdicts: list[Verdict] = []
         timeouts = errors = 0
         while len(verdicts) < len(items):
-            pending = items[len(verdicts):]
-            for future in self._submit(pending, with_answers):
+            done = len(verdicts)
+            for future in self._submit(items[done:], with_answers, texts[done:]):
+                k = len(verdicts)
                 try:
-                    correct, answer, error = future.result(timeout=self.timeout_s)
+                    correct, answer, error, steps = future.result(timeout=self.timeout_s)
                 except cf.TimeoutError:
                     timeouts += 1
-                    verdicts.append(Verdict(self.incorrect_reward, False))
+                    verdicts.append(wrong(k))
                     self.close()  # kill the stuck process; the rest is queued again on a new one
                     break
                 except BrokenProcessPool:
                     errors += 1
-                    died = f"verifier process died ({_death(self._process)})"
-                    verdicts.append(Verdict(self.incorrect_reward, False, died))
+                    verdicts.append(wrong(k, f"verifier process died ({_death(self._process)})"))
                     self.close()
                     break
                 except Exception as err:  # noqa: BLE001 - e.g. a result that could not travel back: start clean
                     errors += 1
-                    verdicts.append(Verdict(self.incorrect_reward, False, _describe(err)))
+                    verdicts.append(wrong(k, _describe(err)))
                     self.close()
                     break
                 if error is not None:
                     errors += 1
+                    verdicts.append(wrong(k, error))
+                    continue
                 reward = self.correct_reward if correct else self.incorrect_reward
-                verdicts.append(Verdict(reward, correct, error, answer))
+                verdicts.append(Verdict(reward, correct, None, answer, steps))
         if self._process is not None:
             self._peak_kb = max(self._peak_kb, _peak_rss_kb(self._process.pid))
         return verdicts, {"timeouts": timeouts, "verifier_errors": errors, "seconds": time.monotonic() - started,

@@ -73,6 +73,7 @@ class RolloutEngine:
         self.name = name
         self.policy_version = 0
         self._streams = 0
+        self.steps = 0  # vLLM engine steps taken by streamed generation: the progress ``heartbeat`` reports
         self.gauges = WorkerGauges("rollout", name)
         kwargs = dict(
             model=model_path,
@@ -98,6 +99,20 @@ class RolloutEngine:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         log.info("%s: loaded %s in %.1fs", name, model_path, time.time() - t0)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One sampled token (with its logprob, as in training) of a short prompt, so that the first real
+        vLLM step is not the slow one (4-9 s on a CPU, against ~0.1 s for the next ones: kernels and
+        buffers set up on first use). It is paid here, at start-up, rather than inside a stream the stall
+        watch measures. Every engine draws it the same way, so runs stay reproducible from their seed."""
+        from vllm import TokensPrompt
+
+        t0 = time.time()
+        self.llm.generate([TokensPrompt(prompt_token_ids=[0, 1, 2])],
+                          self._sampling_params(SamplingSpec(n=2, max_new_tokens=1, temperature=1.0, top_p=1.0)),
+                          use_tqdm=False)
+        log.info("%s: first vLLM step (warm-up) took %.1fs", self.name, time.time() - t0)
 
     # ----------------------------------------------------------------------------- generation
     def _sampling_params(self, spec: SamplingSpec):
@@ -168,7 +183,9 @@ class RolloutEngine:
             for request_id, (_, _, ids) in by_id.items():
                 engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(ids)), params)
             while by_id:
-                for out in engine.step():
+                outputs = engine.step()
+                self.steps += 1
+                for out in outputs:
                     if out.finished and out.request_id in by_id:
                         sample = self._group(by_id.pop(out.request_id), out)
                         ready.extend(sample)
@@ -272,6 +289,18 @@ class RolloutEngine:
 
     def ping(self) -> str:
         return self.name
+
+    def heartbeat(self) -> int:
+        """Progress so far (``steps``); the pool asks on the actor's heartbeat thread while generation runs
+        (``orchestrator.remote.StallWatch``): a stream whose engine stops stepping is hung."""
+        return self.steps
+
+    def helper_processes(self) -> tuple[str, list[tuple[int, float]]]:
+        """(node id, [(pid, start time)]) of the processes vLLM started for this engine (engine core,
+        workers): the pool kills them itself when it has to kill a hung engine, which cannot shut vLLM down."""
+        import psutil
+
+        return self.node_id(), [(p.pid, p.create_time()) for p in psutil.Process().children(recursive=True)]
 
     def shutdown(self) -> None:
         """Stop vLLM's engine-core process and its workers now (the pool calls this before it kills

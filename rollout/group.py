@@ -5,6 +5,12 @@ Elastic by design: each engine lives in its own placement group. An engine that 
 generation is dropped and its questions are redone on the engines that remain, in the same step; a
 replacement (or an engine added by ``grpo scale``) is started between steps and receives the current
 weights before it generates anything. Every remote call has a deadline; a late engine is named.
+
+A hung engine (a stopped process, a stuck vLLM core) is treated as a dead one, well before that
+deadline: while an engine owes an answer it is asked for heartbeats on a thread of its own
+(``orchestrator.remote.StallWatch``); one that shows no progress for ``resources.stall_timeout_s`` (no
+heartbeat answer; during streamed generation, no new vLLM step either) is killed, with the vLLM
+processes it started, and its work is redone on the others.
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ from typing import Callable, Optional, Sequence
 import ray
 
 from orchestrator.placement import actor_options, engine_bundle, place, release, scheduling
-from orchestrator.remote import ActorDied, gather, gather_tolerating_deaths, shard_bounds, task_failure
+from orchestrator.remote import (HEARTBEAT_ACTOR, ActorDied, ActorHung, StallWatch, gather,
+                                 gather_tolerating_deaths, kill_processes_on, shard_bounds, task_failure)
 from orchestrator.types import Episode, Problem
 from rollout.engine import RolloutEngine, SamplingSpec
 
@@ -53,14 +60,17 @@ class RolloutGroup:
         self.on_gpu = rc.num_gpus_per_worker > 0
         self.dtype = rc.dtype if rc.dtype != "auto" else engine_dtype(cfg.model.dtype, self.on_gpu)
         self.timeout_s = cfg.resources.timeout_s
+        self.stall_s = cfg.resources.stall_timeout_s
         self.max_model_len, self.backend = max_model_len, weight_transfer_backend
         self.target = rc.num_workers
         self.restarts_left = rc.max_restarts
         self.engines: dict[str, "ray.actor.ActorHandle"] = {}
         self._pgs: dict = {}
         self._nodes: dict[str, str] = {}
+        self._helpers: dict[str, tuple[str, list]] = {}  # engine -> RolloutEngine.helper_processes()
         self._next_index = 0
-        self.lost: list[str] = []  # engines that died since the driver last looked (metrics)
+        self.lost: list[str] = []  # engines that died or hung since the last heal (replacements owed)
+        self.hung: list[str] = []  # engines killed as hung, over the run (metrics)
         if start:
             self._start(self.target)
 
@@ -79,7 +89,7 @@ class RolloutGroup:
         for _ in range(count):
             name = f"rollout-engine-{self._next_index}"
             pg = place(name, [bundle], cfg.resources.placement_timeout_s)
-            handle = ray.remote(RolloutEngine).options(
+            handle = ray.remote(**HEARTBEAT_ACTOR)(RolloutEngine).options(
                 **actor_options(bundle), **scheduling(pg), runtime_env={"env_vars": env},
             ).remote(
                 model, dtype=self.dtype, max_model_len=self.max_model_len,
@@ -95,17 +105,41 @@ class RolloutGroup:
             started[name] = handle
         return started
 
-    def _drop(self, name: str, reason: str) -> None:
+    def _drop(self, name: str, reason: str, hung: bool = False) -> None:
+        """Remove ``name`` from the pool and stop it; a hung engine is killed at once (it cannot shut vLLM
+        down), then the vLLM processes it started are killed."""
         handle = self.engines.pop(name, None)
         log.warning("%s dropped from the rollout pool: %s", name, reason)
         print(f"warning: {name} {reason}; continuing on {len(self.engines)} engine(s)", flush=True)
         if handle is not None:
-            _stop(handle)
+            _stop(handle, graceful=not hung)
+        if hung and name in self._helpers:
+            _kill_processes(name, *self._helpers[name])
+        self._helpers.pop(name, None)
         release(self._pgs.pop(name, None))
 
+    def _lose(self, answer: ActorDied, what: str, consequence: str = "") -> None:
+        """An engine died or hung (``ActorHung``) during ``what``: drop it; a replacement is owed at ``heal``."""
+        hung = isinstance(answer, ActorHung)
+        self.lost.append(answer.name)
+        if hung:
+            self.hung.append(answer.name)
+            how = f"{answer.reason} during {what}: killed"
+        else:
+            how = f"died during {what} ({answer.error.__class__.__name__})"
+        self._drop(answer.name, f"{how}; {consequence}" if consequence else how, hung=hung)
+
+    def _watch(self, names: Sequence[str], must_advance: bool = False) -> StallWatch:
+        """A stall watch over ``names`` (``resources.stall_timeout_s`` = 0: one that never finds a hang)."""
+        return StallWatch({n: self.engines[n] for n in names}, self.stall_s, must_advance)
+
     def ready(self, names: Optional[Sequence[str]] = None) -> None:
+        """Wait until the engines have loaded their model (no stall watch: a heartbeat cannot be answered
+        before the constructor returns), and note the vLLM processes each started."""
         names = list(names) if names is not None else self.names
-        gather([(n, self.engines[n].ping.remote()) for n in names], self.timeout_s, "starting the vLLM engines", RolloutError)
+        helpers = gather([(n, self.engines[n].helper_processes.remote()) for n in names], self.timeout_s,
+                         "starting the vLLM engines", RolloutError)
+        self._helpers.update(zip(names, helpers))
 
     def scale_to(self, target: int) -> None:
         """Change the target size; extra engines are stopped now, missing ones start at ``heal``."""
@@ -148,16 +182,14 @@ class RolloutGroup:
             pending = []
             names = self.names
             if not names:
-                raise RolloutError(f"{what}: no rollout engine is left ({', '.join(self.lost)} died)")
+                raise RolloutError(f"{what}: no rollout engine is left (lost: {', '.join(self.lost)})")
             parts = [todo[a:b] for a, b in shard_bounds(len(todo), len(names))]
             used = [(n, part) for n, part in zip(names, parts) if part]
             answers = gather_tolerating_deaths([(n, getattr(self.engines[n], method).remote(part, *args)) for n, part in used],
-                                               self.timeout_s, what, RolloutError)
+                                               self.timeout_s, what, RolloutError, self._watch([n for n, _ in used]))
             for (name, part), answer in zip(used, answers):
                 if isinstance(answer, ActorDied):
-                    self.lost.append(name)
-                    self._drop(name, f"died during {what} ({answer.error.__class__.__name__}); its {len(part)} "
-                                     "prompts are redone on the other engines")
+                    self._lose(answer, what, f"its {len(part)} prompts are redone on the other engines")
                     pending.append(part)
                 else:
                     done.append((part, answer))
@@ -180,14 +212,15 @@ class RolloutGroup:
         spec = self._spec(n, max_new_tokens)
         requests = [(i, p, tuple(ids)) for i, (p, ids) in enumerate(zip(problems, prompt_ids))]
         t0 = time.time()
-        lost_before = len(self.lost)
+        lost_before, hung_before = len(self.lost), len(self.hung)
         if on_chunk is None:
             results = [(len(part) * spec.n, answer) for part, answer in self._spread("generate", requests, (spec,), "generation")]
         else:
             results = self._stream(requests, spec, max(1, chunk_samples), on_chunk)
         episodes: list[Episode] = []
         stats = {"time/generate_s": time.time() - t0, "rollout/num_engines": len(self.engines),
-                 "rollout/engines_lost": len(self.lost) - lost_before}
+                 "rollout/engines_lost": len(self.lost) - lost_before,  # died or hung
+                 "rollout/engines_hung": len(self.hung) - hung_before}
         for sequences, (eps, st) in results:
             episodes.extend(eps)
             name = st.get("engine", "?")
@@ -199,47 +232,63 @@ class RolloutGroup:
     def _stream(self, requests: list, spec: SamplingSpec, chunk_samples: int,
                 on_chunk: Callable[[list[Episode]], None]) -> list[tuple[int, tuple[list[Episode], dict]]]:
         """Streaming twin of ``_spread("generate")``: chunks go to ``on_chunk`` as they arrive. The samples
-        an engine had not delivered when it died are drawn again on the survivors (and no others); a late
-        or failed engine raises RolloutError naming it. Returns [(samples, (episodes, last stats))] per call."""
+        an engine had not delivered when it died or hung (no chunk and no new vLLM step for the stall
+        deadline) are drawn again on the survivors (and no others); a late or failed engine raises
+        RolloutError naming it. Returns [(samples, (episodes, last stats))] per call."""
         results: list[tuple[int, tuple[list[Episode], dict]]] = []
         todo = [(request, spec.n) for request in requests]
         while todo:
             names = self.names
             if not names:
-                raise RolloutError(f"generation: no rollout engine is left ({', '.join(self.lost)} died)")
+                raise RolloutError(f"generation: no rollout engine is left (lost: {', '.join(self.lost)})")
             parts = {n: todo[a:b] for n, (a, b) in zip(names, shard_bounds(len(todo), len(names))) if b > a}
             streams = {n: self.engines[n].generate_stream.remote([r for r, _ in part], spec, chunk_samples,
                                                                  [c for _, c in part]) for n, part in parts.items()}
             got: dict[str, list[Episode]] = {n: [] for n in streams}
             last: dict[str, dict] = {n: {"tokens": 0, "seconds": 0.0, "engine": n} for n in streams}
             todo = []
+            watch = self._watch(list(streams), must_advance=True)
             deadline = time.monotonic() + self.timeout_s
-            while streams:
-                ready, _ = ray.wait(list(streams.values()), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-                if not ready:
-                    raise RolloutError(f"generation: {', '.join(streams)} did not answer within {self.timeout_s:.1f}s")
-                name = next(n for n, s in streams.items() if s is ready[0])
+
+            def lose(answer: ActorDied) -> None:
+                """Give up ``answer.name``'s stream: what it delivered stays, the rest is drawn again."""
+                name = answer.name
+                del streams[name]
+                delivered = Counter(e.group_id for e in got[name])
+                redo = [(r, c - delivered[r[0]]) for r, c in parts[name] if c > delivered[r[0]]]
+                self._lose(answer, "generation", f"its {sum(c for _, c in redo)} undelivered samples are drawn on "
+                                                 "the other engines")
+                todo.extend(redo)
+                if got[name]:
+                    results.append((len(got[name]), (got[name], last[name])))
+
+            def take(name: str) -> None:
+                """Read the next chunk of ``name``'s stream, or its end or death."""
                 try:
                     eps, last[name] = ray.get(next(streams[name]))
                 except StopIteration:
                     del streams[name]
+                    watch.forget(name)
                     results.append((len(got[name]), (got[name], last[name])))
-                    continue
+                    return
                 except ray.exceptions.RayActorError as err:
-                    del streams[name]
-                    delivered = Counter(e.group_id for e in got[name])
-                    redo = [(r, c - delivered[r[0]]) for r, c in parts[name] if c > delivered[r[0]]]
-                    self.lost.append(name)
-                    self._drop(name, f"died during generation ({err.__class__.__name__}); its "
-                                     f"{sum(c for _, c in redo)} undelivered samples are drawn on the other engines")
-                    todo.extend(redo)
-                    if got[name]:
-                        results.append((len(got[name]), (got[name], last[name])))
-                    continue
+                    watch.forget(name)
+                    lose(ActorDied(name, err))
+                    return
                 except ray.exceptions.RayTaskError as err:
                     raise task_failure("generation", name, err, RolloutError) from err
+                watch.saw(name)
                 got[name].extend(eps)
                 on_chunk(eps)
+
+            while streams:
+                ready = watch.wait(list(streams.values()), deadline)
+                if ready:
+                    take(next(n for n, s in streams.items() if s is ready[0]))
+                for marker in watch.hung():
+                    lose(marker)
+                if streams and not ready and time.monotonic() >= deadline:
+                    raise RolloutError(f"generation: {', '.join(streams)} did not answer within {self.timeout_s:.1f}s")
         return results
 
     def generate_text(self, prompt_ids: Sequence[Sequence[int]], spec: SamplingSpec) -> list[list[str]]:
@@ -273,11 +322,10 @@ class RolloutGroup:
         pool heals before the next generation."""
         names = list(names) if names is not None else self.names
         answers = gather_tolerating_deaths([(n, getattr(self.engines[n], method).remote(source, version)) for n in names],
-                                           self.timeout_s, f"weight sync v{version}", RolloutError)
-        for name, answer in zip(names, answers):
+                                           self.timeout_s, f"weight sync v{version}", RolloutError, self._watch(names))
+        for answer in answers:
             if isinstance(answer, ActorDied):
-                self.lost.append(name)
-                self._drop(name, f"died during weight sync v{version}")
+                self._lose(answer, f"weight sync v{version}")
         if not self.engines:
             raise RolloutError(f"weight sync v{version}: no rollout engine is left")
         return max((a for a in answers if isinstance(a, float)), default=0.0)
@@ -302,13 +350,28 @@ ENGINE_SHUTDOWN_S = 10.0
 """How long an engine gets to stop vLLM's processes before its actor is killed anyway."""
 
 
-def _stop(handle) -> None:
-    """Shut the engine's vLLM processes down, then kill its actor (a dead or stuck engine is killed)."""
+def _stop(handle, graceful: bool = True) -> None:
+    """Shut the engine's vLLM processes down, then kill its actor (a dead or stuck engine is killed).
+    ``graceful=False`` (a hung engine, which answers nothing): kill it at once."""
+    if graceful:
+        try:
+            ray.get(handle.shutdown.remote(), timeout=ENGINE_SHUTDOWN_S)
+        except Exception:  # noqa: BLE001 - dead, stuck or already stopping: the kill below is what counts
+            pass
     try:
-        ray.get(handle.shutdown.remote(), timeout=ENGINE_SHUTDOWN_S)
-    except Exception:  # noqa: BLE001 - dead, stuck or already stopping: the kill below is what counts
-        pass
-    try:
-        ray.kill(handle)
+        ray.kill(handle, no_restart=True)
     except Exception:  # noqa: BLE001 - already dead
         pass
+
+
+def _kill_processes(name: str, node_id: str, processes: Sequence[tuple[int, float]]) -> None:
+    """Kill the vLLM processes ``name`` started on ``node_id`` ((pid, start time) pairs, from
+    ``RolloutEngine.helper_processes``), which outlive an engine killed without shutting vLLM down."""
+    if not processes:
+        return
+    try:
+        killed = kill_processes_on(node_id, processes, ENGINE_SHUTDOWN_S)
+        log.info("%s: killed its vLLM processes %s", name, killed)
+    except Exception as err:  # noqa: BLE001 - the node is gone (its processes with it), unreachable or slow
+        log.warning("%s: killing its vLLM processes %s on node %s not confirmed: %s", name,
+                    [pid for pid, _ in processes], node_id, err)

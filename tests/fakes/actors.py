@@ -1,43 +1,88 @@
-"""Stand-ins for the heavy actors (vLLM engine, DeepSpeed learner) with the same methods, so the
-driver's and the pool's logic can be tested on a real Ray in seconds."""
+"""Stand-ins for the heavy actors (vLLM engine, reward worker, DeepSpeed learner) with the same methods,
+so the driver's and the pools' logic can be tested on a real Ray in seconds."""
 import json
 import os
+import time
 from dataclasses import replace
 
 from orchestrator.types import Episode
 
 
 class FakeEngine:
-    """Answers like RolloutEngine: one episode per sample, tagged with this engine's policy version."""
+    """Answers like RolloutEngine: one episode per sample, tagged with this engine's policy version.
+
+    Ways to misbehave, set by a call before the work: ``die_after_chunks(k)``, ``stall_after_chunks(k)``
+    (alive and answering heartbeats, but no step any more), ``pace(chunk_s)`` (chunks ``chunk_s`` apart,
+    stepping all along: slow but progressing), ``busy(seconds)`` (the next ``generate`` takes that long,
+stepping all along)."""
+
+    STEP_S = 0.05
+    """How often a paced or busy fake engine takes a step."""
 
     def __init__(self, model, *, name, **kwargs):
+        import rollout.engine  # noqa: F401 - loaded with a real engine: a call's SamplingSpec unpickles at once
+
         self.name, self.version = name, 0
+        self.steps, self.chunk_s, self.generate_s = 0, 0.0, 0.0
 
     def ping(self):
         return self.name
 
+    def pid(self):
+        return os.getpid()
+
+    def heartbeat(self):
+        return self.steps
+
+    def helper_processes(self):
+        return self.node_id(), []
+
+    def _work(self, seconds):
+        """Take steps for ``seconds``."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(self.STEP_S)
+            self.steps += 1
+
     def generate(self, requests, spec):
-        eps = [Episode(group_id=g, problem=p, prompt_token_ids=tuple(ids), response_token_ids=(1, 2),
-                       sampler_logprobs=(-0.1, -0.2), response_text=f"{self.name}", finish_reason="stop",
-                       policy_version=self.version)
-               for g, p, ids in requests for _ in range(spec.n)]
+        seconds, self.generate_s = self.generate_s, 0.0
+        self._work(seconds)
+        eps = self._episodes(requests, spec)
         return eps, {"tokens": 2 * len(eps), "seconds": 0.01, "prompts": len(requests), "engine": self.name}
 
-    def generate_stream(self, requests, spec, chunk_samples, counts=None):
-        """Samples in chunks of ``chunk_samples``; after ``die_after_chunks(k)`` the engine dies at chunk k+1."""
-        import time
+    def _episodes(self, requests, spec):
+        return [Episode(group_id=g, problem=p, prompt_token_ids=tuple(ids), response_token_ids=(1, 2),
+                        sampler_logprobs=(-0.1, -0.2), response_text=f"{self.name}", finish_reason="stop",
+                        policy_version=self.version)
+                for g, p, ids in requests for _ in range(spec.n)]
 
-        eps = [e for k, (g, p, ids) in enumerate(requests)
-               for e in self.generate([(g, p, ids)], replace(spec, n=counts[k] if counts else spec.n))[0]]
+    def generate_stream(self, requests, spec, chunk_samples, counts=None):
+        """Samples in chunks of ``chunk_samples``; after ``die_after_chunks(k)`` the engine dies at chunk
+        k+1, after ``stall_after_chunks(k)`` it stops stepping there and never answers."""
+        eps = [e for k, request in enumerate(requests)
+               for e in self._episodes([request], replace(spec, n=counts[k] if counts else spec.n))]
         stats = {"tokens": 2 * len(eps), "seconds": 0.01, "prompts": len(requests), "engine": self.name}
         for k, start in enumerate(range(0, len(eps), chunk_samples)):
             if getattr(self, "chunks_before_death", None) == k:
                 time.sleep(0.5)  # let the chunks already yielded reach the caller
                 os._exit(1)
+            if getattr(self, "chunks_before_stall", None) == k:
+                time.sleep(3600)  # stuck: heartbeats still answered, no step taken
+            self._work(self.chunk_s)
+            self.steps += 1
             yield eps[start:start + chunk_samples], stats
 
     def die_after_chunks(self, k):
         self.chunks_before_death = k
+
+    def stall_after_chunks(self, k):
+        self.chunks_before_stall = k
+
+    def pace(self, chunk_s):
+        self.chunk_s = chunk_s
+
+    def busy(self, seconds):
+        self.generate_s = seconds
 
     def generate_text_indexed(self, prompts, spec):
         return [(i, [f"{self.name}:{len(ids)}"] * spec.n) for i, ids in prompts]
@@ -63,6 +108,45 @@ class FakeEngine:
 
     def die(self):
         os._exit(1)
+
+
+class FakeRewardWorker:
+    """Answers like RewardWorker without a verifier process: a completion equal to its gold is correct.
+    ``busy(seconds)``: each ``score`` takes that long (heartbeats still answered)."""
+
+    def __init__(self, correct_reward, incorrect_reward, timeout_s, verifiers=None, models=None, model_opts=None,
+                 memory_mb=1024):
+        self.correct_reward, self.incorrect_reward = correct_reward, incorrect_reward
+        self.scored, self.score_s = 0, 0.0
+
+    def score(self, items, requests=None, step_texts=None):
+        from reward.rule_scorer import Verdict
+        from reward.steps import arithmetic_step_rewards
+
+        time.sleep(self.score_s)
+        self.scored += len(items)
+        verdicts = []
+        for k, (_, completion, gold, _) in enumerate(items):
+            ok = completion == gold
+            steps = None if step_texts is None else tuple(
+                arithmetic_step_rewards(step_texts[k], ok, self.correct_reward, self.incorrect_reward))
+            verdicts.append(Verdict(self.correct_reward if ok else self.incorrect_reward, ok, None, None, steps))
+        return verdicts, {}, {"timeouts": 0, "verifier_errors": 0, "seconds": self.score_s, "peak_rss_mb": 0.0}
+
+    def busy(self, seconds):
+        self.score_s = seconds
+
+    def ping(self):
+        return os.getpid()
+
+    def heartbeat(self):
+        return self.scored
+
+    def load_model(self, kind, path, version):
+        return version
+
+    def close(self):
+        pass
 
 
 class FakeLearner:

@@ -19,15 +19,18 @@ def test_outcome_mix():
 
 
 def test_process_mix_puts_outcome_model_on_the_last_step():
-    steps = ([0, 2], ["2 + 3 = 5\n\n", "5"])
+    steps = ([0, 2], [1.0, 1.0])  # rule steps (from the verifier process): equation right -> 1, last = outcome -> 1
     ep = compose(_ep(), 1.0, True, 0.8, [0.9, 0.6], RewardWeights(rule=1.0, orm=0.5, prm=2.0), steps)
-    # rule steps: equation right -> 1, last step = outcome -> 1
     assert ep.step_rewards == pytest.approx((1.0 + 2 * 0.9, 1.0 + 2 * 0.6 + 0.5 * 0.8))
     assert ep.step_ends == (0, 2)
-    wrong = compose(_ep(), 0.0, False, None, [0.2, 0.1], RewardWeights(rule=0.0, prm=1.0), steps)
+    wrong = compose(_ep(), 0.0, False, None, [0.2, 0.1], RewardWeights(rule=0.0, prm=1.0), ([0, 2], [1.0, 0.0]))
     assert wrong.step_rewards == pytest.approx((0.2, 0.1))
+    halved = compose(_ep(), 0.0, False, None, None, RewardWeights(rule=0.5), ([0, 2], [1.0, 0.0]))
+    assert halved.step_rewards == pytest.approx((0.5, 0.0))
     with pytest.raises(ValueError, match="scored 1 steps of 2"):
         compose(_ep(), 0.0, False, None, [0.2], RewardWeights(prm=1.0), steps)
+    with pytest.raises(ValueError, match="1 rule step rewards for 2 steps"):
+        compose(_ep(), 0.0, False, None, None, RewardWeights(), ([0, 2], [1.0]))
 
 
 def test_weights_list_models_and_stats_show_agreement():

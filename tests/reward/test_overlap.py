@@ -20,6 +20,7 @@ class StandInPool:
 
     stats = RewardPool.stats
     restarts = 0
+    workers_hung = 0
 
     def __init__(self, fail_on=None):
         self.gate, self.calls, self.fail_on = threading.Event(), [], fail_on

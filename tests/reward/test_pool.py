@@ -74,7 +74,8 @@ def test_pool_scores_episodes_in_order(pool):
     assert stats["time/reward_s"] > 0
     assert [e.verifier_error for e in scored] == [None] * 5
     assert pool.score([], timeout_s=10) == ([], {"reward/timeouts": 0, "reward/verifier_errors": 0,
-                                                 "reward/worker_restarts": 0, "time/reward_s": pytest.approx(0, abs=1)})
+                                                 "reward/worker_restarts": 0, "reward/workers_hung": 0,
+                                                 "time/reward_s": pytest.approx(0, abs=1)})
 
 
 @slow
@@ -123,8 +124,41 @@ def test_pool_deadline_names_the_late_worker(ray_cluster):
         slow.shutdown()
 
 
+@slow
+def test_sigstopped_worker_is_killed_and_its_shard_rescored_by_a_restarted_one(ray_cluster):
+    """The real worker answers heartbeats on a thread of its own: stopped, it is found out after the
+    stall deadline (not the call's), killed, replaced and its shard rescored."""
+    import os
+    import signal
+
+    stall_s = 3.0
+    hung = RewardPool(num_workers=1, correct_reward=CORRECT, incorrect_reward=INCORRECT, timeout_s=SAMPLE_TIMEOUT_S,
+                      verifiers=FAULTY_VERIFIERS, name_prefix="hung-reward-worker", stall_timeout_s=stall_s,
+                      max_restarts=1)
+    pid = None
+    try:
+        hung.ready(timeout_s=120)
+        pid = ray.get(hung.workers[0].ping.remote(), timeout=60)
+        os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        scored, stats = hung.score([_episode("arithmetic", "3", "3"), _episode("arithmetic", "4", "3")], timeout_s=600)
+        # the rest is a replacement's start (its verifier process and parsers): well under the call's 600 s
+        assert time.monotonic() - start < stall_s + 120
+        assert [(e.reward, e.correct) for e in scored] == [(CORRECT, True), (INCORRECT, False)]
+        assert (stats["reward/workers_hung"], stats["reward/worker_restarts"]) == (1, 1)
+        assert hung.names == ["hung-reward-worker-0-restart1"]
+        assert [e.correct for e in hung.score([_episode("arithmetic", "5", "5")], timeout_s=60)[0]] == [True]
+    finally:
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        hung.shutdown()
+
+
 def test_stats_count_the_episodes_whose_verifier_failed():
-    pool = type("Pool", (), {"restarts": 1})()
+    pool = type("Pool", (), {"restarts": 1, "workers_hung": 0})()
     episodes = [_episode("arithmetic", "1", "1").with_reward(2.0, True),
                 replace(_episode("boom", "x", "1"), verifier_error="ZeroDivisionError: cannot grade 'x'"),
                 replace(_episode("die", "x", "1"), verifier_error="verifier process died (exit code 3)")]

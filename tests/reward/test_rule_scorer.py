@@ -175,3 +175,21 @@ def test_from_config_takes_the_reward_section():
     scorer = RuleRewardScorer.from_config(cfg)
     assert (scorer.timeout_s, scorer.correct_reward, scorer.incorrect_reward, scorer.memory_mb) == (3.0, 1.5, -1.0, 512)
     assert scorer.process_id is None  # nothing started
+
+
+def test_rule_step_rewards_come_from_the_protected_process(scorer):
+    """Process supervision: each step's rule reward is computed with the verdict, in the verifier process;
+    a sample without a verdict (raised, died, ran late) gets the incorrect reward on every step."""
+    items = [("arithmetic", "2 + 3 = 5\n\n5", "5", "right"), ("arithmetic", "2 + 2 = 5\n\n4", "4", "slip"),
+             ("arithmetic", "7", "8", "plain-wrong"), ("boom", "x", "1", "raises"), ("die", "x", "1", "dies"),
+             ("hang", "x", "1", "late"), ("arithmetic", "1 + 1 = 2\n\n9", "2", "after")]
+    texts = [["2 + 3 = 5\n\n", "5"], ["2 + 2 = 5\n\n", "4"], ["7"], ["a\n\n", "b"], ["x"], ["h\n\n", "i\n\n", "j"],
+             ["1 + 1 = 2\n\n", "9"]]
+    verdicts, stats = scorer.score(items, step_texts=texts)
+    assert [v.step_rewards for v in verdicts] == [(2.0, 2.0), (-0.5, 2.0), (-0.5,), (-0.5, -0.5), (-0.5,),
+                                                  (-0.5, -0.5, -0.5), (2.0, -0.5)]
+    assert [v.correct for v in verdicts] == [True, True, False, False, False, False, False]
+    assert (stats["timeouts"], stats["verifier_errors"]) == (1, 2)
+    assert all(v.step_rewards is None for v in scorer.score(items[:2])[0])  # no texts: no step rewards
+    with pytest.raises(ValueError, match="1 step-text lists for 2 items"):
+        scorer.score(items[:2], step_texts=texts[:1])
