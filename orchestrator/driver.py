@@ -167,13 +167,14 @@ class Trainer:
             path, node = self._get(self.learner.export_weights_file.remote(self.rollout.dtype, version),
                                    f"weight sync v{version}: writing the weights")
             self.sync_parts["write_s"] = time.time() - t0
-            nodes = self.rollout.node_ids(targets)
-            local = [n for n in targets if nodes[n] == node]
+            nodes = self.rollout.node_ids(targets)  # an engine lost meanwhile is left out (replaced at the next heal)
+            local = [n for n in nodes if nodes[n] == node]
+            remote = [n for n in nodes if nodes[n] != node]
             if local:
                 self.sync_parts["engine_load_s"] = self.rollout.sync_weights_path(path, version, local)
-            if len(local) < len(targets):  # engines on other nodes: through the object store
+            if remote:  # engines on other nodes: through the object store
                 blob = self.learner.export_weights_blob.remote(self.rollout.dtype)
-                self.rollout.sync_weights_blob(blob, version, [n for n in targets if n not in local])
+                self.rollout.sync_weights_blob(blob, version, remote)
         else:
             blob = self.learner.export_weights_blob.remote(self.rollout.dtype)
             self.rollout.sync_weights_blob(blob, version, names)

@@ -140,6 +140,7 @@ class RolloutGroup:
         helpers = gather([(n, self.engines[n].helper_processes.remote()) for n in names], self.timeout_s,
                          "starting the vLLM engines", RolloutError)
         self._helpers.update(zip(names, helpers))
+        self._nodes.update((n, node) for n, (node, _) in zip(names, helpers))
 
     def scale_to(self, target: int) -> None:
         """Change the target size; extra engines are stopped now, missing ones start at ``heal``."""
@@ -310,12 +311,21 @@ class RolloutGroup:
         return self._sync("load_weights_path", path, version, names)
 
     def node_ids(self, names: Sequence[str]) -> dict[str, str]:
-        """The Ray node of each engine (asked once per engine)."""
-        unknown = [n for n in names if n not in self._nodes]
+        """The Ray node of each engine of ``names`` that is still in the pool (noted at ``ready``, else asked
+        once). One that died or hung meanwhile is dropped and left out: the pool heals before the next
+        generation."""
+        unknown = [n for n in names if n not in self._nodes and n in self.engines]
         if unknown:
-            ids = gather([(n, self.engines[n].node_id.remote()) for n in unknown], self.timeout_s, "locating engines", RolloutError)
-            self._nodes.update(zip(unknown, ids))
-        return {n: self._nodes[n] for n in names}
+            answers = gather_tolerating_deaths([(n, self.engines[n].node_id.remote()) for n in unknown],
+                                               self.timeout_s, "locating engines", RolloutError, self._watch(unknown))
+            for name, answer in zip(unknown, answers):
+                if isinstance(answer, ActorDied):
+                    self._lose(answer, "locating engines")
+                else:
+                    self._nodes[name] = answer
+            if not self.engines:
+                raise RolloutError(f"locating engines: no rollout engine is left (lost: {', '.join(self.lost)})")
+        return {n: self._nodes[n] for n in names if n in self.engines and n in self._nodes}
 
     def _sync(self, method: str, source, version: int, names: Optional[Sequence[str]]) -> float:
         """Returns the slowest engine's own reload time. An engine that dies during a sync is dropped; the
@@ -331,10 +341,20 @@ class RolloutGroup:
         return max((a for a in answers if isinstance(a, float)), default=0.0)
 
     def policy_versions(self, names: Optional[Sequence[str]] = None) -> dict[str, int]:
-        names = list(names) if names is not None else self.names
-        values = gather([(n, self.engines[n].get_policy_version.remote()) for n in names], self.timeout_s,
-                        "version check", RolloutError)
-        return dict(zip(names, values))
+        """The weights version of each engine of ``names`` (default: all); one that died or hung is dropped
+        and left out (the pool heals before the next generation), none left is an error."""
+        names = [n for n in (names if names is not None else self.names) if n in self.engines]
+        answers = gather_tolerating_deaths([(n, self.engines[n].get_policy_version.remote()) for n in names],
+                                           self.timeout_s, "version check", RolloutError, self._watch(names))
+        versions = {}
+        for name, answer in zip(names, answers):
+            if isinstance(answer, ActorDied):
+                self._lose(answer, "the version check")
+            else:
+                versions[name] = answer
+        if not self.engines:
+            raise RolloutError(f"version check: no rollout engine is left (lost: {', '.join(self.lost)})")
+        return versions
 
     def fingerprints(self) -> list[float]:
         return gather([(n, e.weights_fingerprint.remote()) for n, e in self.engines.items()], self.timeout_s,

@@ -18,3 +18,13 @@ def tiny_model() -> str:
     from orchestrator.model_prep import prepare_tiny_model
 
     return prepare_tiny_model(str(TINY_MODEL))
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray of 4 logical CPUs for one test module (fake actors: no Ray logs on the terminal)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -19,13 +19,6 @@ SLACK_S = 8.0
 """Beyond the stall deadline: noticing the silence, killing the worker, starting a new one, rescoring."""
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def pool(ray_local, monkeypatch):
     monkeypatch.setattr(pool_module, "RewardWorker", FakeRewardWorker)

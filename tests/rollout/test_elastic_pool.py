@@ -14,13 +14,6 @@ from rollout.group import RolloutError, RolloutGroup
 from tests.fakes.actors import FakeEngine
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def pool(ray_local, monkeypatch):
     monkeypatch.setattr(group_module, "RolloutEngine", FakeEngine)
@@ -119,3 +112,23 @@ def test_streaming_without_a_live_engine_names_the_dead(pool):
         _kill(pool, name)
     with pytest.raises(RolloutError, match="no rollout engine is left"):
         pool.generate(*_problems(2), on_chunk=lambda chunk: None, chunk_samples=1)
+
+
+def test_an_engine_that_dies_before_a_weight_sync_is_left_out_of_it(pool):
+    """Engines' nodes are noted when they start, so a sync needs no call to a dead engine to place it;
+    one whose node is still unknown and that died is dropped (the pool heals before the next step)."""
+    node = ray.get_runtime_context().get_node_id()
+    assert pool.node_ids(pool.names) == {n: node for n in pool.names}  # from ready(), no call
+    _kill(pool, "rollout-engine-1")
+    del pool._nodes["rollout-engine-1"], pool._nodes["rollout-engine-2"]  # as for an engine never located
+    assert pool.node_ids(pool.names) == {"rollout-engine-0": node, "rollout-engine-2": node}
+    assert pool.names == ["rollout-engine-0", "rollout-engine-2"] and pool.lost == ["rollout-engine-1"]
+    pool.sync_weights_blob(ray.put(b"w"), 3, ["rollout-engine-0", "rollout-engine-2"])
+    assert pool.policy_versions() == {"rollout-engine-0": 3, "rollout-engine-2": 3}
+    _kill(pool, "rollout-engine-2")  # after the sync, before the version check
+    assert pool.policy_versions() == {"rollout-engine-0": 3} and pool.names == ["rollout-engine-0"]
+    assert pool.lost == ["rollout-engine-1", "rollout-engine-2"]
+    _kill(pool, "rollout-engine-0")
+    pool._nodes.clear()
+    with pytest.raises(RolloutError, match="locating engines: no rollout engine is left"):
+        pool.node_ids(pool.names)

@@ -22,13 +22,6 @@ SLACK_S = 6.0
 """Time allowed beyond the stall deadline: noticing the silence, killing, redoing the work (loaded 2-core machine)."""
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def stopped():
     """Pids this test SIGSTOPs; any still stopped at the end are let go (the pool kills the ones it finds)."""
