@@ -108,6 +108,7 @@ class Trainer:
         self._sampler_before = self.sampler.state_dict()
         print(f"preflight ok: {len(problems)} questions, model {cfg.model.path} ({time.time() - t0:.1f}s)", flush=True)
         init_ray(cfg)
+        self.stop.install()  # ray.init took SIGTERM over (a handler that exits, then Ray's C++ one)
         check_resources(cfg)
         max_len = max(len(ids) for ids in prompt_ids) + cfg.rollout.max_new_tokens
         self.sync_mode = cfg.resources.weight_sync
@@ -428,15 +429,16 @@ class Trainer:
 
         from orchestrator.checkpoint import resume_hint
         from orchestrator.metric_sinks import open_sinks
-        from orchestrator.stop_signals import StopRequested
+        from orchestrator.stop_signals import StopRequested, stop_in
 
         cfg = self.cfg
-        self.setup()
-        bar = tqdm(total=cfg.total_steps, initial=self.start_step - 1, desc="GRPO steps", unit="step", disable=None)
-        self.logger = logger = MetricsLogger(self.out_dir, cfg.total_steps, cfg.logging.log_every, cfg.logging.ray_metrics,
-                               tags={"run": os.path.basename(os.path.abspath(self.out_dir))}, echo=bar.write,
-                               sinks=open_sinks(cfg, self.out_dir, echo=bar.write))
         with self.stop:  # SIGTERM / SIGINT: see orchestrator.stop_signals
+            self._start_up()
+            bar = tqdm(total=cfg.total_steps, initial=self.start_step - 1, desc="GRPO steps", unit="step", disable=None)
+            self.logger = logger = MetricsLogger(
+                self.out_dir, cfg.total_steps, cfg.logging.log_every, cfg.logging.ray_metrics,
+                tags={"run": os.path.basename(os.path.abspath(self.out_dir))}, echo=bar.write,
+                sinks=open_sinks(cfg, self.out_dir, echo=bar.write))
             for step in range(self.start_step, cfg.total_steps + 1):
                 try:
                     self.stop.abandonable = True  # until run_step hands the batch to the learner
@@ -446,12 +448,12 @@ class Trainer:
                     checkpointed = self._should_checkpoint(step) or self.stop.received is not None
                     if checkpointed:
                         self.checkpoint(step)
-                except StopRequested as e:  # came while the step could still be dropped
-                    self.stop.abandonable = False
-                    raise RunStopped(f"{e}: step {step} abandoned{self._save_after_failure(step)}",
-                                     e.exit_code) from None
                 except Exception as e:
                     self.stop.abandonable = False
+                    stop = stop_in(e)  # a stop that came while the step could still be dropped
+                    if stop is not None:
+                        raise RunStopped(f"{stop}: step {step} abandoned{self._save_after_failure(step)}",
+                                         stop.exit_code) from None
                     saved = self._save_after_failure(step)
                     raise TrainingError(f"step {step} failed: {e}{saved}") from e
                 bar.update(1)
@@ -468,6 +470,26 @@ class Trainer:
             print(f"saved policy to {final}", flush=True)
         logger.close()
         return final
+
+    def _start_up(self) -> None:
+        """``setup`` under the stop signals: a stop during start-up (minutes of starting actors) abandons
+        it; the actors and the local Ray are shut down on the way out and the run exits 128 + signal."""
+        from orchestrator.checkpoint import resume_hint
+        from orchestrator.stop_signals import stop_in
+
+        self.stop.abandonable = True
+        try:
+            self.setup()
+            self.stop.check()
+        except Exception as e:
+            stop = stop_in(e)
+            if stop is None:
+                raise
+            hint = resume_hint(self.out_dir)
+            raise RunStopped(f"{stop} while starting: nothing was trained in this start"
+                             + (f"\nto resume: {hint}" if hint else ""), stop.exit_code) from None
+        finally:
+            self.stop.abandonable = False
 
     def _save_after_failure(self, step: int) -> str:
         """Keep what was trained before the failure and say how to resume, also under

@@ -6,6 +6,13 @@ waits, and the state after the previous step is checkpointed (its questions come
 Once the learner is updating, the step is finished, then checkpointed. Either way the driver prints
 the resume command and exits with 128 + the signal's number. A second signal forces the exit
 (``SystemExit``: the actors and the local Ray are still shut down on the way out, nothing is saved).
+
+Raised from a signal handler, ``StopRequested`` can surface as another exception: when the handler
+runs inside C code (Ray's Cython ``CoreWorker.wait``, a ``print``), CPython reports a ``SystemError``
+("returned a result with an exception set") whose context is the ``StopRequested``. ``stop_in`` finds
+it behind whatever the driver caught. ``ray.init`` installs a SIGTERM handler of its own (and Ray's
+core worker one in C++): the driver installs these handlers again once Ray is up (``install`` may be
+called again; ``restore`` puts back what was there before the first call).
 """
 from __future__ import annotations
 
@@ -29,6 +36,18 @@ class StopRequested(Exception):
         return 128 + self.signum
 
 
+def stop_in(err: Optional[BaseException]) -> Optional[StopRequested]:
+    """The ``StopRequested`` behind ``err``: ``err`` itself, or one in its chain of causes and contexts
+    (C code that the signal interrupted turns it into a ``SystemError``; a wrapper re-raises ``from`` it)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, StopRequested):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class StopSignals:
     """Installs the handlers for the life of a run (main thread only; elsewhere it does nothing).
 
@@ -41,8 +60,11 @@ class StopSignals:
         self._previous: dict = {}
 
     def install(self) -> "StopSignals":
+        """Handle SIGTERM and SIGINT from now on; again after something else took them over (``ray.init``)."""
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+            for s in STOP_SIGNALS:
+                previous = signal.signal(s, self._handle)
+                self._previous.setdefault(s, previous)
         return self
 
     def restore(self) -> None:

@@ -1,6 +1,8 @@
-"""SIGTERM to a real training run (as from Ctrl-C's twin, `ray job stop` or preemption): the run
-checkpoints, prints the resume command and exits 143, leaves no weight file or Ray process behind,
-and the resumed run trains every question exactly once."""
+"""SIGTERM to a real training run (as from Ctrl-C's twin, `ray job stop` or preemption): sent while
+an engine generates, the step is abandoned, the state after the previous step is checkpointed, the run
+prints the resume command and exits 143, leaves no weight file or Ray process behind, and the resumed
+run trains every question exactly once. Sent while the actors start, the run shuts them down and
+exits 143 as well (not Ray's own handlers: exit 15, or an abort)."""
 import json
 import os
 import signal
@@ -36,7 +38,31 @@ def _start(args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigterm_checkpoints_then_resume_trains_each_question_once(tiny_model, tmp_path):
+def _titles_below(pid: int) -> list[str]:
+    titles = []
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            cmd = p.cmdline()
+        except psutil.Error:
+            continue
+        if cmd:
+            titles.append(cmd[0])
+    return titles
+
+
+def _wait_for_title(proc, prefix: str, seconds: float = 120.0) -> None:
+    """Until a process below the driver has a title starting with ``prefix`` (Ray names a busy actor's
+    process after its class and method: ``ray::RolloutEngine.generate_stream``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(t.startswith(prefix) for t in _titles_below(proc.pid)):
+            return
+        assert proc.poll() is None, f"the run ended early: {proc.stderr.read()[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {prefix} process below the driver within {seconds}s")
+
+
+def test_sigterm_during_generation_abandons_the_step_then_resume_trains_each_question_once(tiny_model, tmp_path):
     out = tmp_path / "run"
     ray_before = _ray_processes()
     proc = _start(_args(tiny_model, out, "total_steps=20"))
@@ -48,13 +74,14 @@ def test_sigterm_checkpoints_then_resume_trains_each_question_once(tiny_model, t
         lines.append(line)
         if line.startswith("[step 2/20]"):
             break
-    proc.send_signal(signal.SIGTERM)  # step 3 is under way
+    _wait_for_title(proc, "ray::RolloutEngine.generate")  # step 3's generation
+    proc.send_signal(signal.SIGTERM)
     rest, err = proc.communicate(timeout=600)
     assert proc.returncode == 143, err[-3000:]
-    assert "SIGTERM: " in err and "stopped: stopped by SIGTERM" in err
+    assert "SIGTERM: abandoning this step" in err and "stopped: stopped by SIGTERM: step 3 abandoned" in err
     assert "to resume: grpo train -c" in err and "--resume" in err
     (last, _), = list_checkpoints(str(out))[-1:]
-    assert last in (2, 3)  # step 3 abandoned (state after 2 saved) or finished and saved
+    assert last == 2  # step 3 abandoned, the state after step 2 saved
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[:last] == list(range(1, last + 1))
     run_id = (out / "run_id").read_text().strip()
@@ -75,3 +102,21 @@ def test_sigterm_checkpoints_then_resume_trains_each_question_once(tiny_model, t
     for s in samples:
         by_step.setdefault(s["step"], []).append(s["uid"])
     assert [by_step[k] for k in sorted(by_step)] == expected  # each question once, in the sampler's order
+
+
+def test_sigterm_while_the_actors_start_shuts_them_down_and_exits_143(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    ray_before = _ray_processes()
+    proc = _start(_args(tiny_model, out, "total_steps=2"))
+    _wait_for_title(proc, "ray::RolloutEngine")  # Ray is up, an engine is loading its model
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped: stopped by SIGTERM while starting: nothing was trained in this start" in err
+    assert "SIGTERM received at time" not in err  # not Ray's C++ handler
+    run_id = (out / "run_id").read_text().strip()
+    assert not [f for f in os.listdir("/dev/shm") if run_id in f]
+    deadline = time.monotonic() + 30
+    while _ray_processes() - ray_before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _ray_processes() - ray_before, "the run's Ray processes outlived it"

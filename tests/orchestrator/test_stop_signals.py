@@ -12,18 +12,21 @@ from tests.conftest import ROOT
 
 SCRIPT = """
 import sys, time
-from orchestrator.stop_signals import StopRequested, StopSignals
+from orchestrator.stop_signals import StopRequested, StopSignals, stop_in
 stop = StopSignals().install()
 mode = sys.argv[1]
 stop.abandonable = mode == "abandon"
-print("ready", flush=True)
 try:
+    print("ready", flush=True)  # the signal may land inside print's C code: a SystemError with it as context
     for _ in range(600):
         time.sleep(0.05)
         if mode == "finish" and stop.received is not None:
             print("step finished", flush=True)
             stop.check()
-except StopRequested as e:
+except Exception as err:
+    e = stop_in(err)
+    if e is None:
+        raise
     print(f"checkpoint, then exit: {e}", flush=True)
     sys.exit(e.exit_code)
 print("ran to the end", flush=True)
@@ -71,3 +74,38 @@ def test_exit_codes_and_restore():
     with pytest.raises(StopRequested):
         stop.received = signal.SIGTERM
         stop.check()
+
+
+def test_stop_in_finds_the_request_behind_what_c_code_and_wrappers_raise():
+    from orchestrator.stop_signals import StopRequested, stop_in
+
+    def c_call_interrupted():
+        try:
+            raise StopRequested(signal.SIGTERM)  # the handler's exception...
+        except StopRequested:
+            raise SystemError("<cyfunction CoreWorker.wait> returned a result with an exception set")
+
+    with pytest.raises(RuntimeError) as caught:
+        try:
+            c_call_interrupted()
+        except SystemError as err:
+            raise RuntimeError("step 1 failed") from err  # ...as the driver's wrapper sees it
+    found = stop_in(caught.value)
+    assert isinstance(found, StopRequested) and found.exit_code == 143
+    assert stop_in(RuntimeError("a real failure")) is None and stop_in(None) is None
+    loop = RuntimeError("a")
+    loop.__context__ = RuntimeError("b")
+    loop.__context__.__context__ = loop
+    assert stop_in(loop) is None  # a cycle ends the walk
+
+
+def test_install_again_after_something_took_the_signal_over_restores_the_original():
+    from orchestrator.stop_signals import StopSignals
+
+    original = signal.getsignal(signal.SIGTERM)
+    stop = StopSignals().install()
+    signal.signal(signal.SIGTERM, lambda *a: None)  # what ray.init does
+    stop.install()
+    assert signal.getsignal(signal.SIGTERM) == stop._handle
+    stop.restore()
+    assert signal.getsignal(signal.SIGTERM) == original
