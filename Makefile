@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 GRPO    = $(VENV)/bin/grpo
 export VLLM_CONFIGURE_LOGGING ?= 0
 
-.PHONY: setup model train test test-fast bench bench-perf clean
+.PHONY: setup model train test test-fast bench bench-perf chaos clean
 
 setup: $(VENV)/.installed-$(EXTRA)
 
@@ -26,8 +26,9 @@ model: setup
 train: model
 	$(GRPO) train -c configs/tiny_cpu.yaml
 
+# everything but the chaos test (8-15 minutes of random kills: `make chaos` runs the bench itself)
 test: model
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not chaos"
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
@@ -39,6 +40,10 @@ bench: model
 bench-perf: model
 	$(PY) -m pip install --quiet -e '.[bench]'  # trl, matplotlib (not the vllm extra again: see setup)
 	$(PY) bench/run_perf.py
+
+# random kills/stops of engines, reward workers, the learner and the driver during a tiny run -> docs/chaos.md
+chaos: model
+	$(PY) bench/chaos.py --minutes 8 --seed 0 --doc docs/chaos.md --budget-minutes 22
 
 clean:
 	rm -rf outputs .pytest_cache
