@@ -15,6 +15,8 @@ from typing import Callable, Optional
 
 import psutil
 
+from orchestrator.remote import shm_files_of
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ACTOR_TITLE = re.compile(r"^ray::(?:[\w.-]+:)?(RolloutEngine|RewardWorker|LearnerWorker)(?:\.(\w+))?")
@@ -76,6 +78,10 @@ class Tracked:
     role: str
 
 
+SHM_SCAN_S = 5.0
+"""How often the /dev/shm files a vLLM process maps are read (/proc/<pid>/maps)."""
+
+
 class Tracker(threading.Thread):
     """Every process below the current driver, remembered with its start time (pid reuse), polled every second."""
 
@@ -83,6 +89,8 @@ class Tracker(threading.Thread):
         super().__init__(daemon=True, name="tracker")
         self.current_driver = current_driver
         self.procs: dict[tuple[int, float], Tracked] = {}
+        self.shm: set[str] = set()  # /dev/shm files mapped by vLLM processes of the run (its message queues)
+        self._shm_scanned: dict[tuple[int, float], float] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
 
@@ -98,6 +106,11 @@ class Tracker(threading.Thread):
                 continue
             title = proc_title(c)
             role, _ = classify(title)
+            if title.startswith("VLLM::") and now() - self._shm_scanned.get(key, 0.0) > SHM_SCAN_S:
+                self._shm_scanned[key] = now()
+                found = shm_files_of([c.pid])
+                with self.lock:
+                    self.shm.update(found)
             with self.lock:
                 t = self.procs.get(key)
                 if t is None:

@@ -86,7 +86,9 @@ def check_invariants(bench: Chaos) -> tuple[dict, dict]:
     run_id = open(id_file).read().strip() if os.path.exists(id_file) else "?"
     shm_now = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     shm_run = sorted(f for f in shm_now if run_id in f)
-    shm_new_other = sorted(shm_now - bench.shm_before - set(shm_run))
+    with bench.tracker.lock:
+        shm_vllm = sorted(f for f in bench.tracker.shm if f in shm_now)  # queues of vLLM processes gone without cleanup
+    shm_new_other = sorted(shm_now - bench.shm_before - set(shm_run) - set(shm_vllm))
     still = [{"pid": t.pid, "driver": t.instance, "title": proc_title(p)[:120]}
              for t in list(bench.tracker.procs.values()) if (p := alive(t.pid, t.ctime)) is not None]
     stayed = [r for r in bench.leftovers if r["ended_on_its_own_after_s"] is None]  # killed by the bench, or kept
@@ -94,8 +96,9 @@ def check_invariants(bench: Chaos) -> tuple[dict, dict]:
     by_role = collections.Counter(r["role"] for r in stayed)
     orphans = [(i + 1, c["title"]) for i, f in enumerate(bench.faults) for c in (f.children_alive_later or [])]
     inv["no_leftovers"] = {
-        "ok": not shm_run and not stayed and not still and not orphans,
-        "detail": f"/dev/shm files of run {run_id}: {shm_run}; processes still alive {bench.args.leftover_watch:g}s "
+        "ok": not shm_run and not shm_vllm and not stayed and not still and not orphans,
+        "detail": f"/dev/shm files of run {run_id}: {shm_run}; /dev/shm files of the run's vLLM processes "
+                  f"({len(bench.tracker.shm)} seen): {shm_vllm}; processes still alive {bench.args.leftover_watch:g}s "
                   f"after their driver's exit: {sum(by_role.values())} ({dict(by_role)}); alive at the end: {len(still)}; "
                   f"processes that outlived their driver by over {bench.args.leftover_grace:g}s but ended on their own: "
                   f"{[(r['title'][:30], r['ended_on_its_own_after_s']) for r in slow]}; "

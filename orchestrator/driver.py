@@ -116,7 +116,8 @@ class Trainer:
         if self.sync_mode == "auto":
             self.sync_mode = "nccl" if cfg.rollout.num_gpus_per_worker > 0 and cfg.learner.num_gpus > 0 else "shm"
         print("starting actors: vLLM engines, reward workers, DeepSpeed learner ...", flush=True)
-        self.rollout = RolloutGroup(cfg, max_model_len=max_len, weight_transfer_backend="nccl" if self.sync_mode == "nccl" else None)
+        self.rollout = RolloutGroup(cfg, max_model_len=max_len, weight_transfer_backend="nccl" if self.sync_mode == "nccl" else None,
+                                    shm_record_dir=self.out_dir)
         self.rewards = RewardPool.from_config(cfg)
         batch_size = cfg.data.questions_per_step * cfg.rollout.group_size
         bundle = learner_bundle(cfg)

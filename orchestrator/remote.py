@@ -10,6 +10,7 @@ owner kills it and redoes its work like a dead actor's.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -228,12 +229,52 @@ def kill_processes(processes: Sequence[tuple[int, float]]) -> list[int]:
     return killed
 
 
-def kill_processes_on(node_id: str, processes: Sequence[tuple[int, float]], timeout_s: float) -> list[int]:
-    """``kill_processes`` on Ray node ``node_id``, by a task pinned there (this module imports little,
-    so the task starts fast); the errors of a node that cannot run it in ``timeout_s`` are Ray's."""
+SHM_DIR = "/dev/shm"
+
+
+def shm_files_of(pids: Sequence[int]) -> list[str]:
+    """Names of the files in /dev/shm that the processes ``pids`` map (shared-memory segments: vLLM's
+    message queues between its engine core and workers, 160-240 MiB each here). Read from
+    /proc/<pid>/maps; a process that is gone, or a system without /proc, gives none."""
+    names = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                lines = f.readlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+            path = fields[5].strip() if len(fields) == 6 else ""
+            if path.startswith(SHM_DIR + "/") and not path.endswith(" (deleted)"):
+                names.add(os.path.basename(path))
+    return sorted(names)
+
+
+def clean_up(processes: Sequence[tuple[int, float]], shm_files: Sequence[str] = ()) -> tuple[list[int], list[str]]:
+    """``kill_processes``, then remove the named /dev/shm files they mapped: a process that is killed
+    cannot unlink its shared memory, which stays in RAM (tmpfs) until removed. Returns (pids killed,
+    files removed); a name that is not a plain file name in /dev/shm is ignored. Runs on their node."""
+    killed = kill_processes(processes)
+    removed = []
+    for name in shm_files:
+        if not name or name != os.path.basename(name) or name in (".", ".."):
+            continue
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))  # unlink never follows a symlink
+            removed.append(name)
+        except FileNotFoundError:  # shut down cleanly: vLLM removed it
+            pass
+    return killed, removed
+
+
+def clean_up_on(node_id: str, processes: Sequence[tuple[int, float]], shm_files: Sequence[str],
+                timeout_s: float) -> tuple[list[int], list[str]]:
+    """``clean_up`` on Ray node ``node_id``, by a task pinned there (this module imports little, so the
+    task starts fast); the errors of a node that cannot run it in ``timeout_s`` are Ray's."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    task = ray.remote(num_cpus=0)(kill_processes).options(
+    task = ray.remote(num_cpus=0)(clean_up).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
-    return ray.get(task.remote(list(processes)), timeout=timeout_s)
+    return ray.get(task.remote(list(processes), list(shm_files)), timeout=timeout_s)

@@ -295,12 +295,17 @@ class RolloutEngine:
         (``orchestrator.remote.StallWatch``): a stream whose engine stops stepping is hung."""
         return self.steps
 
-    def helper_processes(self) -> tuple[str, list[tuple[int, float]]]:
-        """(node id, [(pid, start time)]) of the processes vLLM started for this engine (engine core,
-        workers): the pool kills them itself when it has to kill a hung engine, which cannot shut vLLM down."""
+    def helper_processes(self) -> tuple[str, list[tuple[int, float]], list[str]]:
+        """(node id, [(pid, start time)], /dev/shm files they map) of the processes vLLM started for this
+        engine (engine core, workers) and of their shared-memory message queues: the pool kills the
+        processes itself when it has to kill a hung engine, which cannot shut vLLM down, and removes the
+        files of an engine that did not shut down cleanly (they would hold 400 MiB of RAM each time)."""
         import psutil
 
-        return self.node_id(), [(p.pid, p.create_time()) for p in psutil.Process().children(recursive=True)]
+        from orchestrator.remote import shm_files_of
+
+        children = psutil.Process().children(recursive=True)
+        return self.node_id(), [(p.pid, p.create_time()) for p in children], shm_files_of([p.pid for p in children])
 
     def shutdown(self) -> None:
         """Stop vLLM's engine-core process and its workers now (the pool calls this before it kills

@@ -24,8 +24,9 @@ import ray
 
 from orchestrator.placement import actor_options, engine_bundle, place, release, scheduling
 from orchestrator.remote import (HEARTBEAT_ACTOR, ActorDied, ActorHung, StallWatch, gather,
-                                 gather_tolerating_deaths, kill_processes_on, shard_bounds, task_failure)
+                                 gather_tolerating_deaths, clean_up_on, shard_bounds, task_failure)
 from orchestrator.types import Episode, Problem
+from rollout import engine_shm
 from rollout.engine import RolloutEngine, SamplingSpec
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,10 @@ def engine_env(cfg) -> dict[str, str]:
 class RolloutGroup:
     """The live RolloutEngine actors of a run, by name (``rollout-engine-<k>``; k never reused)."""
 
-    def __init__(self, cfg, max_model_len: int, weight_transfer_backend: str | None = None, start: bool = True):
+    def __init__(self, cfg, max_model_len: int, weight_transfer_backend: str | None = None, start: bool = True,
+                 shm_record_dir: Optional[str] = None):
+        """``shm_record_dir`` (the run's output folder): remember there the shared memory of every engine
+        started, and first remove what an earlier start recorded and left (``rollout.engine_shm``)."""
         rc = cfg.rollout
         self.cfg = cfg
         self.on_gpu = rc.num_gpus_per_worker > 0
@@ -67,10 +71,13 @@ class RolloutGroup:
         self.engines: dict[str, "ray.actor.ActorHandle"] = {}
         self._pgs: dict = {}
         self._nodes: dict[str, str] = {}
-        self._helpers: dict[str, tuple[str, list]] = {}  # engine -> RolloutEngine.helper_processes()
+        self._helpers: dict[str, tuple[str, list, list]] = {}  # engine -> RolloutEngine.helper_processes()
         self._next_index = 0
         self.lost: list[str] = []  # engines that died or hung since the last heal (replacements owed)
         self.hung: list[str] = []  # engines killed as hung, over the run (metrics)
+        self.shm_record_dir = shm_record_dir
+        if shm_record_dir:
+            engine_shm.sweep(shm_record_dir, ENGINE_SHUTDOWN_S)
         if start:
             self._start(self.target)
 
@@ -107,15 +114,15 @@ class RolloutGroup:
 
     def _drop(self, name: str, reason: str, hung: bool = False) -> None:
         """Remove ``name`` from the pool and stop it; a hung engine is killed at once (it cannot shut vLLM
-        down), then the vLLM processes it started are killed."""
+        down). Then whatever of its vLLM processes is left is killed and the shared memory they mapped
+        removed (a dead or hung engine leaves both; after a clean shutdown there is nothing to do)."""
         handle = self.engines.pop(name, None)
         log.warning("%s dropped from the rollout pool: %s", name, reason)
         print(f"warning: {name} {reason}; continuing on {len(self.engines)} engine(s)", flush=True)
         if handle is not None:
             _stop(handle, graceful=not hung)
-        if hung and name in self._helpers:
-            _kill_processes(name, *self._helpers[name])
-        self._helpers.pop(name, None)
+        if name in self._helpers:
+            _clean_up(name, *self._helpers.pop(name))
         release(self._pgs.pop(name, None))
 
     def _lose(self, answer: ActorDied, what: str, consequence: str = "") -> None:
@@ -140,7 +147,11 @@ class RolloutGroup:
         helpers = gather([(n, self.engines[n].helper_processes.remote()) for n in names], self.timeout_s,
                          "starting the vLLM engines", RolloutError)
         self._helpers.update(zip(names, helpers))
-        self._nodes.update((n, node) for n, (node, _) in zip(names, helpers))
+        self._nodes.update((n, node) for n, (node, _, _) in zip(names, helpers))
+        if self.shm_record_dir:
+            ips = engine_shm.node_ips()
+            engine_shm.remember(self.shm_record_dir, {n: (ips.get(node, ""), files) for n, (node, _, files)
+                                                      in zip(names, helpers)})
 
     def scale_to(self, target: int) -> None:
         """Change the target size; extra engines are stopped now, missing ones start at ``heal``."""
@@ -384,14 +395,16 @@ def _stop(handle, graceful: bool = True) -> None:
         pass
 
 
-def _kill_processes(name: str, node_id: str, processes: Sequence[tuple[int, float]]) -> None:
+def _clean_up(name: str, node_id: str, processes: Sequence[tuple[int, float]], shm_files: Sequence[str]) -> None:
     """Kill the vLLM processes ``name`` started on ``node_id`` ((pid, start time) pairs, from
-    ``RolloutEngine.helper_processes``), which outlive an engine killed without shutting vLLM down."""
-    if not processes:
+    ``RolloutEngine.helper_processes``) and remove the /dev/shm files they mapped: both outlive an engine
+    killed without shutting vLLM down."""
+    if not processes and not shm_files:
         return
     try:
-        killed = kill_processes_on(node_id, processes, ENGINE_SHUTDOWN_S)
-        log.info("%s: killed its vLLM processes %s", name, killed)
+        killed, removed = clean_up_on(node_id, processes, shm_files, ENGINE_SHUTDOWN_S)
+        if killed or removed:
+            log.info("%s: killed its vLLM processes %s, removed its shared memory %s", name, killed, removed)
     except Exception as err:  # noqa: BLE001 - the node is gone (its processes with it), unreachable or slow
-        log.warning("%s: killing its vLLM processes %s on node %s not confirmed: %s", name,
-                    [pid for pid, _ in processes], node_id, err)
+        log.warning("%s: cleaning up its vLLM processes %s and shared memory %s on node %s not confirmed: %s",
+                    name, [pid for pid, _ in processes], list(shm_files), node_id, err)

@@ -24,6 +24,10 @@ stepping all along)."""
 
         self.name, self.version = name, 0
         self.steps, self.chunk_s, self.generate_s = 0, 0.0, 0.0
+        # like vLLM's message queues: a shared-memory file that a clean shutdown removes and a kill leaves
+        self.shm_files = [f"fake-engine-shm-{os.getpid()}"]
+        with open(os.path.join("/dev/shm", self.shm_files[0]), "wb") as f:
+            f.write(b"\0" * 1024)
 
     def ping(self):
         return self.name
@@ -35,7 +39,7 @@ stepping all along)."""
         return self.steps
 
     def helper_processes(self):
-        return self.node_id(), []
+        return self.node_id(), [], list(self.shm_files)
 
     def _work(self, seconds):
         """Take steps for ``seconds``."""
@@ -104,7 +108,11 @@ stepping all along)."""
         return self.version
 
     def shutdown(self):
-        pass
+        for name in self.shm_files:
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+            except FileNotFoundError:
+                pass
 
     def die(self):
         os._exit(1)

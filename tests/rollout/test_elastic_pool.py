@@ -1,6 +1,7 @@
 """The rollout pool's elasticity with stand-in engines (real Ray actors, no vLLM): work of a dead
 engine is redone on the survivors, replacements and scale-ups get the current weights before they
 generate, the restart budget is enforced."""
+import os
 import time
 
 import pytest
@@ -24,6 +25,8 @@ def pool(ray_local, monkeypatch):
     g.ready()
     yield g
     g.shutdown()
+    left = [f for f in os.listdir("/dev/shm") if f.startswith("fake-engine-shm-")]
+    assert not left, f"fake engines' shared memory left after the pool's shutdown: {left}"
 
 
 def _problems(n):
@@ -40,10 +43,18 @@ def _kill(g, name):
             time.sleep(0.1)
 
 
+def _shm_files(pool):
+    return {n: ray.get(h.helper_processes.remote())[2][0] for n, h in pool.engines.items()}
+
+
 def test_dead_engine_work_is_redone_on_the_survivors_in_order(pool):
     problems, ids = _problems(7)
+    shm = _shm_files(pool)
+    assert all(os.path.exists(f"/dev/shm/{f}") for f in shm.values())
     _kill(pool, "rollout-engine-1")
     episodes, stats = pool.generate(problems, ids)
+    assert not os.path.exists(f"/dev/shm/{shm['rollout-engine-1']}")  # the dead engine's shared memory: removed
+    assert os.path.exists(f"/dev/shm/{shm['rollout-engine-0']}")
     assert [e.group_id for e in episodes] == [g for g in range(7) for _ in range(2)]
     assert [e.problem.uid for e in episodes[::2]] == [p.uid for p in problems]
     assert "rollout-engine-1" not in {e.response_text for e in episodes}

@@ -170,3 +170,36 @@ def test_the_vllm_processes_of_a_killed_engine_are_killed_by_pid_and_start_time(
         for proc in (child, other):
             proc.kill()
             proc.wait()
+
+
+def test_shared_memory_of_killed_processes_is_found_and_removed():
+    """What a killed vLLM engine leaves: its processes, and the /dev/shm files they mapped (vLLM's
+    message queues, which only a clean shutdown unlinks)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from orchestrator.remote import clean_up, shm_files_of
+
+    name = f"grpo-test-shm-{os.getpid()}"
+    mapper = subprocess.Popen([sys.executable, "-c", (
+        "import mmap, os, sys, time\n"
+        f"fd = os.open('/dev/shm/{name}', os.O_CREAT | os.O_RDWR, 0o600)\n"
+        "os.ftruncate(fd, 4096)\n"
+        "m = mmap.mmap(fd, 4096)\n"
+        "print('mapped', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert mapper.stdout.readline() == "mapped\n"
+        assert shm_files_of([mapper.pid]) == [name]
+        assert shm_files_of([2 ** 22 + 7]) == []  # no such process: nothing
+        started = psutil.Process(mapper.pid).create_time()
+        killed, removed = clean_up([(mapper.pid, started)], [name, "../etc/passwd", "", ".."])
+        assert killed == [mapper.pid] and removed == [name]  # names that are not plain are ignored
+        assert mapper.wait(timeout=10) == -signal.SIGKILL and not os.path.exists(f"/dev/shm/{name}")
+        assert clean_up([(mapper.pid, started)], [name]) == ([], [])  # done already: nothing to do
+    finally:
+        mapper.kill()
+        if os.path.exists(f"/dev/shm/{name}"):
+            os.unlink(f"/dev/shm/{name}")

@@ -51,9 +51,10 @@ def test_real_engine_busy_is_kept_and_stopped_is_killed_with_its_vllm_processes(
         group = RolloutGroup(cfg, max_model_len=192)
         group.ready()
         name = group.names[0]
-        _, helpers = group._helpers[name]
+        _, helpers, shm_files = group._helpers[name]
         helper_pids = {pid for pid, _ in helpers}
         assert helper_pids, "the engine started no vLLM process"
+        assert shm_files and all(os.path.exists(f"/dev/shm/{f}") for f in shm_files), shm_files  # vLLM's queues
         actor_pid = next(psutil.Process(pid).ppid() for pid in helper_pids
                          if psutil.Process(pid).ppid() not in helper_pids)
         problems = [Problem(uid=f"q{i}", question=f"{i}+1", gold=str(i + 1), task="arithmetic") for i in range(4)]
@@ -84,6 +85,7 @@ def test_real_engine_busy_is_kept_and_stopped_is_killed_with_its_vllm_processes(
         assert _wait_for(lambda: not _alive(actor_pid)), "the stopped engine actor was not killed"
         assert _wait_for(lambda: not any(_alive(pid) for pid in helper_pids)), \
             [pid for pid in helper_pids if _alive(pid)]
+        assert not [f for f in shm_files if os.path.exists(f"/dev/shm/{f}")], "the killed engine's shared memory is left"
         group.shutdown()
     finally:
         if stopped is not None and _alive(actor_pid):
