@@ -231,3 +231,41 @@ def test_dashboard_queries_filter_and_label(dashboard):
                 assert "{{worker}}" in t["legendFormat"], p["title"]
             else:
                 assert 'run=~"$run"' in t["expr"] and "{{run}}" in t["legendFormat"], p["title"]
+
+
+def test_pin_base_image_rewrites_the_base_to_its_digest(tmp_path):
+    """deploy/pin_base_image.sh with a stand-in `crane` (the registry is out of reach here)."""
+    import os
+    import shutil
+    import subprocess
+
+    (tmp_path / "deploy").mkdir()
+    shutil.copy(DEPLOY / "Dockerfile", tmp_path / "deploy" / "Dockerfile")
+    shutil.copy(DEPLOY / "pin_base_image.sh", tmp_path / "deploy" / "pin_base_image.sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    crane = bin_dir / "crane"
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    tag = re.search(r"^ARG BASE_IMAGE=(.*)$", (DEPLOY / "Dockerfile").read_text(), re.M).group(1).split("@")[0]
+
+    def pin(answer):
+        crane.write_text(f"#!/bin/sh\n[ \"$1\" = digest ] && [ \"$2\" = \"{tag}\" ] && echo '{answer}'\n")
+        crane.chmod(0o755)
+        return subprocess.run(["bash", str(tmp_path / "deploy" / "pin_base_image.sh")], env=env,
+                              capture_output=True, text=True)
+
+    for digit in "ab":  # pinned, then pinned again (after a new push of the tag): one digest, the new one
+        digest = "sha256:" + digit * 64
+        done = pin(digest)
+        assert done.returncode == 0 and done.stdout == f"{tag}@{digest}\n", done.stderr
+        text = (tmp_path / "deploy" / "Dockerfile").read_text()
+        assert re.search(rf"^ARG BASE_IMAGE={re.escape(tag)}@{digest}$", text, re.M)
+        assert text.count("@sha256:") == 1
+    refused = pin("not-a-digest")
+    assert refused.returncode == 1 and "is not a digest" in refused.stderr
+    assert (tmp_path / "deploy" / "Dockerfile").read_text() == text  # unchanged
+    crane.unlink()
+    if shutil.which("docker", path=env["PATH"]) is None:
+        missing = subprocess.run(["bash", str(tmp_path / "deploy" / "pin_base_image.sh")], capture_output=True,
+                                 text=True, env=env)
+        assert missing.returncode == 1 and "needs crane or docker buildx" in missing.stderr
