@@ -260,7 +260,7 @@ class Chaos:
             watch_stopped(self)
             check_orphans(self)
             if self.phase == "chaos" and self.chaos_started is not None and now() >= self.chaos_deadline():
-                self.end_chaos(killer)
+                self.end_chaos(killer, continue_stopped=False)  # a stop just before the end still gets its hang grace
                 self.log(f"chaos over: no more faults; driver {d.index} trains on to step {d.total}")
                 self.maybe_shorten(d)
             if d.poll() is not None:
@@ -321,7 +321,9 @@ class Chaos:
             self.final_total = shorter
             self.stop_driver(d, f"too many steps left for the budget: resuming to step {shorter} instead")
 
-    def end_chaos(self, killer: threading.Thread) -> None:
+    def end_chaos(self, killer: threading.Thread, continue_stopped: bool = True) -> None:
+        """No more faults; ``continue_stopped``: SIGCONT whatever is still stopped (otherwise the main loop's
+        ``watch_stopped`` does, for each after its hang grace, unless the run deals with it first)."""
         if self.phase == "chaos":
             self.phase = "final"
         if self.chaos_ended is None:
@@ -329,7 +331,8 @@ class Chaos:
         self.killer_stop.set()
         if killer.is_alive():
             killer.join(timeout=120)
-        continue_all_stopped(self.faults, self.log)
+        if continue_stopped:
+            continue_all_stopped(self.faults, self.log)
 
 
 def main(argv=None) -> int:
