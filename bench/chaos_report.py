@@ -219,6 +219,9 @@ def machine() -> dict:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
+        flags = next((ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")), [])
+        native_bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+        model += f" ({', '.join(native_bf16)})" if native_bf16 else " (no native bf16)"
     except (OSError, subprocess.SubprocessError):
         pass
     return {"cpu": model, "cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}

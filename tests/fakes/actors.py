@@ -8,6 +8,19 @@ from dataclasses import replace
 from orchestrator.types import Episode
 
 
+def sigstop_actor(pid_ref, stopped: list) -> int:
+    """SIGSTOP the actor process whose pid ``pid_ref`` (a call's ObjectRef) answers, as a hang; the pid
+    goes to ``stopped`` (the tests continue what is still stopped at their end)."""
+    import signal
+
+    import ray
+
+    pid = ray.get(pid_ref, timeout=30)
+    os.kill(pid, signal.SIGSTOP)
+    stopped.append(pid)
+    return pid
+
+
 class FakeEngine:
     """Answers like RolloutEngine: one episode per sample, tagged with this engine's policy version.
 

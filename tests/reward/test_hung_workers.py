@@ -11,7 +11,7 @@ import ray
 import reward.pool as pool_module
 from orchestrator.types import Episode, Problem
 from reward.pool import RewardError, RewardPool
-from tests.fakes.actors import FakeRewardWorker
+from tests.fakes.actors import FakeRewardWorker, sigstop_actor
 
 STALL_S = 2.0
 TIMEOUT_S = 30.0
@@ -42,10 +42,7 @@ def _episodes(n):
 
 
 def _sigstop(p, stopped, i):
-    pid = ray.get(p.workers[i].ping.remote(), timeout=30)
-    os.kill(pid, signal.SIGSTOP)
-    stopped.append(pid)
-    return pid
+    return sigstop_actor(p.workers[i].ping.remote(), stopped)
 
 
 def test_sigstopped_worker_is_killed_restarted_and_its_shard_rescored_while_a_busy_one_is_kept(pool):

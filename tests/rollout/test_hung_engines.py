@@ -14,7 +14,7 @@ import rollout.group as group_module
 from orchestrator.config import load_config
 from orchestrator.types import Problem
 from rollout.group import RolloutGroup
-from tests.fakes.actors import FakeEngine
+from tests.fakes.actors import FakeEngine, sigstop_actor
 
 STALL_S = 2.0
 TIMEOUT_S = 30.0
@@ -52,10 +52,7 @@ def _problems(n):
 
 
 def _sigstop(pool, name, stopped):
-    pid = ray.get(pool.engines[name].pid.remote(), timeout=30)
-    os.kill(pid, signal.SIGSTOP)
-    stopped.append(pid)
-    return pid
+    return sigstop_actor(pool.engines[name].pid.remote(), stopped)
 
 
 def _state(pid):
