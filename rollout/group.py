@@ -372,8 +372,12 @@ class RolloutGroup:
                       "fingerprint", RolloutError)
 
     def shutdown(self) -> None:
+        """Stop every engine; one that could not shut vLLM down in time (busy: a stop signal came during
+        its generation) is killed, and what its vLLM processes leave is cleaned up as for a dropped one."""
         for name in self.names:
             _stop(self.engines.pop(name))
+            if name in self._helpers:
+                _clean_up(name, *self._helpers.pop(name))
             release(self._pgs.pop(name, None))
 
 

@@ -143,3 +143,15 @@ def test_an_engine_that_dies_before_a_weight_sync_is_left_out_of_it(pool):
     pool._nodes.clear()
     with pytest.raises(RolloutError, match="locating engines: no rollout engine is left"):
         pool.node_ids(pool.names)
+
+
+def test_an_engine_too_busy_to_shut_down_is_killed_and_its_shared_memory_removed(pool):
+    """A stop signal during generation: the pool's shutdown cannot wait for the engine's stream, so the
+    engine is killed after its shutdown deadline, and its vLLM leftovers are cleaned up all the same."""
+    shm = _shm_files(pool)
+    busy = pool.engines["rollout-engine-0"]
+    ray.get(busy.busy.remote(60.0), timeout=30)
+    busy.generate.remote([(0, _problems(1)[0][0], (1,))], SamplingSpec(n=1, max_new_tokens=2))  # in flight
+    time.sleep(1.0)
+    pool.shutdown()
+    assert not [f for f in shm.values() if os.path.exists(f"/dev/shm/{f}")]
