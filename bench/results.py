@@ -16,8 +16,8 @@ def repo_relative(value):
     named ``python`` and the temporary folder ``$TMPDIR``, in every string of nested dicts and lists:
     recorded results name no path of the machine that made them."""
     if isinstance(value, str):
-        value = value.replace(sys.executable, "python").replace(tempfile.gettempdir() + os.sep, "$TMPDIR/")
-        return value.replace(ROOT + os.sep, "").replace(ROOT, ".")
+        value = value.replace(sys.executable, "python").replace(ROOT + os.sep, "").replace(ROOT, ".")
+        return value.replace(tempfile.gettempdir() + os.sep, "$TMPDIR/")  # after ROOT: a checkout may lie in it
     if isinstance(value, dict):
         return {k: repo_relative(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

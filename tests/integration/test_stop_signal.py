@@ -79,11 +79,14 @@ def test_sigterm_during_generation_abandons_the_step_then_resume_trains_each_que
     proc.send_signal(signal.SIGTERM)
     rest, err = proc.communicate(timeout=600)
     assert proc.returncode == 143, err[-3000:]
+    # while the step can be dropped (generation, scoring) it is abandoned and the state before it saved;
+    # a title read just as the learner took the batch: the step is finished, then saved
     abandoned = re.search(r"stopped: stopped by SIGTERM: step (\d+) abandoned", err)
-    assert "SIGTERM: abandoning this step" in err and abandoned, err[-3000:]
+    finished = re.search(r"stopped: stopped by SIGTERM after step (\d+), checkpointed", err)
+    assert abandoned or finished, err[-3000:]
     assert "to resume: grpo train -c" in err and "--resume" in err
     (last, _), = list_checkpoints(str(out))[-1:]
-    assert int(abandoned.group(1)) >= 3 and last == int(abandoned.group(1)) - 1  # the state before it saved
+    assert last >= 2 and last == (int(abandoned.group(1)) - 1 if abandoned else int(finished.group(1)))
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[:last] == list(range(1, last + 1))
     run_id = (out / "run_id").read_text().strip()
