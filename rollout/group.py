@@ -327,45 +327,38 @@ class RolloutGroup:
         generation."""
         unknown = [n for n in names if n not in self._nodes and n in self.engines]
         if unknown:
-            answers = gather_tolerating_deaths([(n, self.engines[n].node_id.remote()) for n in unknown],
-                                               self.timeout_s, "locating engines", RolloutError, self._watch(unknown))
-            for name, answer in zip(unknown, answers):
-                if isinstance(answer, ActorDied):
-                    self._lose(answer, "locating engines")
-                else:
-                    self._nodes[name] = answer
-            if not self.engines:
-                raise RolloutError(f"locating engines: no rollout engine is left (lost: {', '.join(self.lost)})")
+            self._nodes.update(self._ask_survivors(unknown, lambda e: e.node_id.remote(), "locating engines"))
         return {n: self._nodes[n] for n in names if n in self.engines and n in self._nodes}
 
     def _sync(self, method: str, source, version: int, names: Optional[Sequence[str]]) -> float:
         """Returns the slowest engine's own reload time. An engine that dies during a sync is dropped; the
         pool heals before the next generation."""
         names = list(names) if names is not None else self.names
-        answers = gather_tolerating_deaths([(n, getattr(self.engines[n], method).remote(source, version)) for n in names],
-                                           self.timeout_s, f"weight sync v{version}", RolloutError, self._watch(names))
-        for answer in answers:
+        answers = self._ask_survivors(names, lambda e: getattr(e, method).remote(source, version),
+                                      f"weight sync v{version}")
+        return max((a for a in answers.values() if isinstance(a, float)), default=0.0)
+
+    def _ask_survivors(self, names: Sequence[str], call: Callable, what: str) -> dict:
+        """``call(engine)`` on each engine of ``names``, under the deadline and the stall watch: the answers of
+        those that live; one that died or hung is dropped (the pool heals before the next generation), and
+        none left is an error."""
+        answers = gather_tolerating_deaths([(n, call(self.engines[n])) for n in names], self.timeout_s, what,
+                                           RolloutError, self._watch(names))
+        alive = {}
+        for name, answer in zip(names, answers):
             if isinstance(answer, ActorDied):
-                self._lose(answer, f"weight sync v{version}")
+                self._lose(answer, what)
+            else:
+                alive[name] = answer
         if not self.engines:
-            raise RolloutError(f"weight sync v{version}: no rollout engine is left")
-        return max((a for a in answers if isinstance(a, float)), default=0.0)
+            raise RolloutError(f"{what}: no rollout engine is left (lost: {', '.join(self.lost)})")
+        return alive
 
     def policy_versions(self, names: Optional[Sequence[str]] = None) -> dict[str, int]:
         """The weights version of each engine of ``names`` (default: all); one that died or hung is dropped
         and left out (the pool heals before the next generation), none left is an error."""
         names = [n for n in (names if names is not None else self.names) if n in self.engines]
-        answers = gather_tolerating_deaths([(n, self.engines[n].get_policy_version.remote()) for n in names],
-                                           self.timeout_s, "version check", RolloutError, self._watch(names))
-        versions = {}
-        for name, answer in zip(names, answers):
-            if isinstance(answer, ActorDied):
-                self._lose(answer, "the version check")
-            else:
-                versions[name] = answer
-        if not self.engines:
-            raise RolloutError(f"version check: no rollout engine is left (lost: {', '.join(self.lost)})")
-        return versions
+        return self._ask_survivors(names, lambda e: e.get_policy_version.remote(), "version check")
 
     def fingerprints(self) -> list[float]:
         return gather([(n, e.weights_fingerprint.remote()) for n, e in self.engines.items()], self.timeout_s,
