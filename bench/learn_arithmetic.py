@@ -51,7 +51,7 @@ def train(overrides: list[str], minutes: float) -> tuple[str, list[dict]]:
         step += 1
         records.append(logger.log(step, trainer.run_step(step)))
     final = os.path.abspath(os.path.join(cfg.output.dir, "final"))
-    ray.get(trainer.learner.save_pretrained.remote(final))
+    trainer._get(trainer.learner.save_pretrained(final), "saving the final policy")
     trainer.shutdown()
     ray.shutdown()
     return final, records

@@ -69,7 +69,7 @@ def measure(model: str, repeats: int, mode: str) -> dict:
             parts.append(dict(trainer.sync_parts))
         versions = trainer.rollout.policy_versions()
         assert set(versions.values()) == {repeats}, versions
-        nbytes = trainer._get(trainer.learner.weights_nbytes.remote(trainer.rollout.dtype), "sizing the weights")
+        nbytes = trainer._get(trainer.learner.weights_nbytes(trainer.rollout.dtype), "sizing the weights")
     finally:
         trainer.shutdown()
         ray.shutdown()

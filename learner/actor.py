@@ -93,6 +93,9 @@ class LearnerWorker:
     def ping(self) -> int:
         return self.trainer.version
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def _collate(self, batch: Batch):
         return collate(batch.episodes, pad_token_id=self.trainer.pad_id)
 
@@ -128,6 +131,9 @@ class LearnerWorker:
         import ray
 
         module = self.trainer.engine.module
+        if self.trainer.rank != 0:  # under ZeRO-3 it takes part in rank 0's gathers
+            self.trainer.export_state_dict(getattr(torch, dtype))
+            return "", ""
         if self.trainer.zero_stage == 3:  # partitioned: gather full tensors first
             named = list(self.trainer.export_state_dict(getattr(torch, dtype)).items())
         else:
@@ -147,7 +153,8 @@ class LearnerWorker:
     def weights_nbytes(self, dtype: str) -> int:
         """Bytes a sync moves: every weight the engines receive, in their dtype."""
         size = getattr(torch, dtype).itemsize
-        return sum(p.numel() * size for _, p in self.trainer.engine.module.named_parameters(remove_duplicate=False))
+        params = self.trainer.engine.module.named_parameters(remove_duplicate=False)
+        return sum(getattr(p, "ds_numel", p.numel()) * size for _, p in params)  # ZeRO-3 keeps the full count in ds_numel
 
     def init_nccl_sync(self, engines: dict, tp: int, dtype: str) -> None:
         """GPU path: one NCCL group per engine (``engines``: name -> handle); callable again for engines
@@ -164,6 +171,16 @@ class LearnerWorker:
                 self.nccl.remove(name)
 
     def nccl_send(self, version: int, names: Optional[Sequence[str]] = None) -> float:
+        if self.trainer.rank != 0:  # ZeRO-3: the gathers of rank 0's send (one pass per engine), in its order
+            if self.trainer.zero_stage == 3:
+                from learner.weight_sync import GatheredModuleSource
+
+                if names is None:
+                    raise ValueError("nccl_send on a rank > 0 under ZeRO-3 needs the engines' names")
+                for _ in names:
+                    for _ in GatheredModuleSource(self.trainer.engine.module, self.trainer.dtype):
+                        pass
+            return 0.0
         if self.nccl is None:
             raise RuntimeError("nccl_send called before init_nccl_sync")
         return self.nccl.send(version, names)

@@ -278,7 +278,9 @@ class PolicyTrainer:
         own_norm = []
 
         def backward(loss):
-            self.engine.backward(loss, scale_wrt_gas=False)
+            # the loss is already normalised by the whole step's counts (over all ranks), so the step's gradient
+            # is the sum of the ranks' gradients; DeepSpeed averages them over the data-parallel group, hence x N
+            self.engine.backward(loss * self.world_size if self.world_size > 1 else loss, scale_wrt_gas=False)
             if self.engine.is_gradient_accumulation_boundary() and not self.engine_reports_grad_norm:
                 own_norm.append(accumulated_grad_norm(self.engine.module))
             self.engine.step()
@@ -303,20 +305,29 @@ class PolicyTrainer:
         return metrics
 
     # ------------------------------------------------------------------------------ weights
-    def export_state_dict(self, dtype: Optional[torch.dtype] = None, include_tied: bool = True) -> dict[str, torch.Tensor]:
+    def export_state_dict(self, dtype: Optional[torch.dtype] = None, include_tied: bool = True,
+                          every_rank: bool = False) -> dict[str, torch.Tensor]:
         """Full policy weights in Hugging Face names (gathered under ZeRO-3), as fresh CPU copies.
 
         ``include_tied`` keeps both names of tied weights (``lm_head.weight`` with the embedding): vLLM's
         CPU backend holds its own packed copy of the head, which a reload without it leaves stale.
-        Hugging Face checkpoints leave it out.
+        Hugging Face checkpoints leave it out. With several ranks, every rank must call it under ZeRO-3
+        (each gather is collective, one parameter at a time); only rank 0 (or every rank, with
+        ``every_rank``) keeps the copies, the others return {}.
         """
         import deepspeed
 
         module = self.engine.module
+        keep = every_rank or self.rank == 0
+        if not keep and self.zero_stage < 3:
+            return {}
         out = {}
         for name, param in module.named_parameters(remove_duplicate=not include_tied):
             with deepspeed.zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
-                out[name] = param.detach().to(dtype=dtype or param.dtype, device="cpu", copy=True).contiguous()
+                if keep:
+                    out[name] = param.detach().to(dtype=dtype or param.dtype, device="cpu", copy=True).contiguous()
+        if not keep:
+            return {}
         for name, buf in module.named_buffers():
             if name.endswith("inv_freq"):  # recomputed by every loader
                 continue
@@ -324,9 +335,14 @@ class PolicyTrainer:
         return out
 
     def save_pretrained(self, out_dir: str) -> str:
-        """Write the policy as a Hugging Face folder (model + tokenizer) loadable by transformers and vLLM."""
-        os.makedirs(out_dir, exist_ok=True)
+        """Write the policy as a Hugging Face folder (model + tokenizer) loadable by transformers and vLLM.
+
+        With several ranks every rank calls it (under ZeRO-3 the weights are gathered from all of them);
+        rank 0 writes."""
         state = self.export_state_dict(torch.float32 if not self.on_gpu else self.dtype, include_tied=False)
+        if self.rank != 0:
+            return out_dir
+        os.makedirs(out_dir, exist_ok=True)
         self.engine.module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
         return out_dir
@@ -358,7 +374,7 @@ class PolicyTrainer:
     def reset_reference(self) -> None:
         """Make the reference model a copy of the current policy (Iterative RL)."""
         self.reference_version += 1
-        state = self.export_state_dict(self.dtype, include_tied=False)
+        state = self.export_state_dict(self.dtype, include_tied=False, every_rank=True)
         missing, unexpected = self.reference.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if m not in self._tied_names()]:
             raise RuntimeError(f"reference reset: missing {missing}, unexpected {unexpected}")
@@ -371,6 +387,6 @@ class PolicyTrainer:
     @torch.no_grad()
     def reference_max_diff(self) -> float:
         """max |reference - policy| over all weights (0.0 right after ``reset_reference``)."""
-        policy = self.export_state_dict(self.dtype, include_tied=False)
+        policy = self.export_state_dict(self.dtype, include_tied=False, every_rank=True)
         ref = {k: v for k, v in self.reference.state_dict().items()}
         return max(float((ref[k].to("cpu", policy[k].dtype) - v).abs().max()) for k, v in policy.items() if k in ref)

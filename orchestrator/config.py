@@ -228,9 +228,16 @@ class LearnerConfig:
     micro_batch_size: int = 8
     """Sequences per forward/backward pass; gradients accumulate over the step's batch."""
     num_gpus: float = 0.0
-    """Ray GPUs for the learner (0 = CPU training with the gloo backend)."""
+    """Ray GPUs of each learner rank (0 = CPU training with the gloo backend)."""
     num_cpus: float = 1.0
-    """Ray CPUs reserved for the learner."""
+    """Ray CPUs of each learner rank (on CPU also its torch threads)."""
+    num_ranks: int = 1
+    """Learner ranks: one DeepSpeed data-parallel group of this many Ray actors, each with num_gpus/num_cpus.
+    Each rank trains on 1/num_ranks of the step's groups (whole groups: data.questions_per_step must divide by
+    it); NCCL when every rank has a GPU, gloo on CPU. Rank 0 alone sends weights to the engines."""
+    placement_strategy: str = "PACK"
+    """Ray placement of the learner ranks' bundles: PACK (default: as few nodes as possible), SPREAD (across
+    nodes), STRICT_PACK (one node) or STRICT_SPREAD (one rank per node)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     attn_implementation: str = "auto"

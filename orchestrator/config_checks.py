@@ -89,6 +89,9 @@ def validate(cfg) -> None:
         ("learner.lr", cfg.learner.lr > 0, "must be > 0"),
         ("learner.zero_stage", cfg.learner.zero_stage in (None, 0, 1, 2, 3), "must be 0, 1, 2, 3 or null (auto)"),
         ("learner.micro_batch_size", cfg.learner.micro_batch_size >= 1, "must be >= 1"),
+        ("learner.num_ranks", isinstance(cfg.learner.num_ranks, int) and cfg.learner.num_ranks >= 1, "must be an integer >= 1"),
+        ("learner.placement_strategy", cfg.learner.placement_strategy in PLACEMENT_STRATEGIES,
+         f"must be one of {PLACEMENT_STRATEGIES}"),
         ("learner.adam_betas", len(cfg.learner.adam_betas) == 2 and all(0 <= b < 1 for b in cfg.learner.adam_betas), "must be two numbers in [0, 1)"),
         ("learner.grad_clip", cfg.learner.grad_clip >= 0, "must be >= 0"),
         ("learner.attn_implementation", cfg.learner.attn_implementation in ATTN_IMPLEMENTATIONS,
@@ -123,12 +126,8 @@ def validate(cfg) -> None:
     for name, ok, why in checks:
         if not ok:
             raise ConfigError(f"config field {name}={_get(cfg, name)!r} {why}")
-    batch = cfg.data.questions_per_step * cfg.rollout.group_size
-    if batch % cfg.learner.micro_batch_size:
-        raise ConfigError(
-            f"config field learner.micro_batch_size={cfg.learner.micro_batch_size} must divide the step's "
-            f"batch of data.questions_per_step*rollout.group_size={batch} sequences"
-        )
+    check_learner_split(cfg.data.questions_per_step, cfg.rollout.group_size, cfg.learner.num_ranks,
+                        cfg.learner.micro_batch_size)
     for role in ("rollout", "reward", "learner"):
         for key, amount in getattr(cfg, role).resources.items():
             if key in ("CPU", "GPU", "memory") or not isinstance(amount, (int, float)) or amount <= 0:
@@ -157,3 +156,20 @@ def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
     return cfg
+
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+def check_learner_split(questions: int, group_size: int, ranks: int, micro_batch: int) -> None:
+    """Each learner rank trains whole groups, the same number on every rank, in whole micro-batches."""
+    if questions % ranks:
+        raise ConfigError(f"config field learner.num_ranks={ranks} must divide data.questions_per_step={questions}: "
+                          "each rank trains whole groups, the same number on every rank")
+    per_rank = questions // ranks * group_size
+    if per_rank % micro_batch:
+        where = "the step's batch" if ranks == 1 else "each rank's share of the step's batch"
+        raise ConfigError(
+            f"config field learner.micro_batch_size={micro_batch} must divide {where} of "
+            f"data.questions_per_step*rollout.group_size{'/learner.num_ranks' if ranks > 1 else ''}={per_rank} sequences"
+        )

@@ -23,13 +23,9 @@ import yaml
 from orchestrator.config import TrainConfig
 from orchestrator.metrics import MetricsLogger
 from orchestrator.preflight import PreflightError, check_resources, init_ray, preflight
-from orchestrator.types import Batch, Episode
+from orchestrator.types import Batch, Episode, TrainingError
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """A step failed; the message names the step and the component."""
 
 
 class RunStopped(TrainingError):
@@ -84,23 +80,22 @@ class Trainer:
             self.run_lock = acquire_run_lock(self.out_dir)
         except RunLockError as e:
             raise PreflightError(str(e)) from None
-        with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump({**dataclasses.asdict(cfg), "output": {**dataclasses.asdict(cfg.output), "resume": None}}, f,
-                           sort_keys=False)
 
     def setup(self) -> None:
         import ray
 
-        from learner.actor import LearnerWorker
         from orchestrator.data import QuestionSampler
         from orchestrator.iterative import RewardModelRounds
-        from orchestrator.placement import actor_options, learner_bundle, place, scheduling
+        from orchestrator.learner_group import LearnerGroup
         from reward.pool import RewardPool
         from rollout.group import RolloutGroup
 
         cfg = self.cfg
         t0 = time.time()
         checked = preflight(cfg)
+        with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:  # after pre-flight: a refused start keeps the run's
+            yaml.safe_dump({**dataclasses.asdict(cfg), "output": {**dataclasses.asdict(cfg.output), "resume": None}}, f,
+                           sort_keys=False)
         self.tokenizer, problems, prompt_ids = checked.tokenizer, checked.problems, checked.prompt_ids
         self.problems = problems
         self.prompt_ids = {p.uid: ids for p, ids in zip(problems, prompt_ids)}
@@ -120,12 +115,10 @@ class Trainer:
                                     shm_record_dir=self.out_dir)
         self.rewards = RewardPool.from_config(cfg)
         batch_size = cfg.data.questions_per_step * cfg.rollout.group_size
-        bundle = learner_bundle(cfg)
-        self.learner_pg = place("learner", [bundle], cfg.resources.placement_timeout_s)
-        self.learner = ray.remote(LearnerWorker).options(**actor_options(bundle), **scheduling(self.learner_pg)).remote(cfg, batch_size, run_id=self.run_lock.run_id)
+        self.learner = LearnerGroup(cfg, batch_size, run_id=self.run_lock.run_id)
         self.rewards.ready(cfg.resources.timeout_s)
         self.rollout.ready()
-        self._get(self.learner.ping.remote(), "starting the learner")
+        self._get(self.learner.ping(), "starting the learner")
         self._nccl_engines: set = set()
         if self.sync_mode == "nccl":
             self._init_nccl(dict(self.rollout.engines))
@@ -138,14 +131,13 @@ class Trainer:
         elif self.rewards.weights.models:
             self.start_metrics = self.reward_models.start()
 
-    def _get(self, ref, what: str):
-        from orchestrator.remote import gather
-
-        return gather([("learner", ref)], self.cfg.resources.timeout_s, what, TrainingError)[0]
+    def _get(self, call, what: str):
+        """The learner group's answer to ``call`` (a ``LearnerCall``), under resources.timeout_s."""
+        return self.learner.get(call, what)
 
     # ---------------------------------------------------------------------------- weights
     def _init_nccl(self, engines: dict) -> None:
-        self._get(self.learner.init_nccl_sync.remote(engines, self.cfg.rollout.tensor_parallel_size, self.rollout.dtype),
+        self._get(self.learner.init_nccl_sync(engines, self.cfg.rollout.tensor_parallel_size, self.rollout.dtype),
                   "NCCL weight-sync setup")
         self._nccl_engines |= set(engines)
 
@@ -160,13 +152,13 @@ class Trainer:
         if self.sync_mode == "nccl":
             gone = self._nccl_engines - set(self.rollout.names)
             if gone:
-                self._get(self.learner.drop_nccl_engines.remote(sorted(gone)), "dropping dead engines from NCCL sync")
+                self._get(self.learner.drop_nccl_engines(sorted(gone)), "dropping dead engines from NCCL sync")
                 self._nccl_engines -= gone
             targets = sorted(self._nccl_engines) if names is None else list(names)
-            self._get(self.learner.nccl_send.remote(version, targets), f"weight sync v{version}")
+            self._get(self.learner.nccl_send(version, targets), f"weight sync v{version}")
         elif self.sync_mode == "shm":
             targets = list(names) if names is not None else self.rollout.names
-            path, node = self._get(self.learner.export_weights_file.remote(self.rollout.dtype, version),
+            path, node = self._get(self.learner.export_weights_file(self.rollout.dtype, version),
                                    f"weight sync v{version}: writing the weights")
             self.sync_parts["write_s"] = time.time() - t0
             nodes = self.rollout.node_ids(targets)  # an engine lost meanwhile is left out (replaced at the next heal)
@@ -175,10 +167,10 @@ class Trainer:
             if local:
                 self.sync_parts["engine_load_s"] = self.rollout.sync_weights_path(path, version, local)
             if remote:  # engines on other nodes: through the object store
-                blob = self.learner.export_weights_blob.remote(self.rollout.dtype)
+                blob = self.learner.export_weights_blob(self.rollout.dtype)
                 self.rollout.sync_weights_blob(blob, version, remote)
         else:
-            blob = self.learner.export_weights_blob.remote(self.rollout.dtype)
+            blob = self.learner.export_weights_blob(self.rollout.dtype)
             self.rollout.sync_weights_blob(blob, version, names)
         return time.time() - t0
 
@@ -246,7 +238,7 @@ class Trainer:
             episodes, steps, gen, rew = self._generate_scored(self.sampler.next_batch())
         batch = Batch(episodes=episodes, group_size=cfg.rollout.group_size)
         self.stop.abandonable = False  # from here the step is finished, then checkpointed, on a stop signal
-        update = self.learner.train_step.remote(batch, step)
+        update = self.learner.train_step(batch, step)
         if cfg.algorithm.off_policy_lag and step < cfg.total_steps:
             # the engines still hold the weights this step sampled with: generate the next step meanwhile
             self._committed = self.sampler.state_dict()
@@ -340,7 +332,6 @@ class Trainer:
         """Generate a step and score it: with ``reward.overlap_samples`` > 0, chunks of finished samples are
         scored while the engines still decode the rest (``reward.overlap``), and the learner, idle until the
         update, computes their reference logprobs meanwhile (``learner.reference_overlap``)."""
-        from orchestrator.remote import gather
         from reward.overlap import ChunkScorer
 
         cfg = self.cfg
@@ -355,7 +346,7 @@ class Trainer:
         def on_chunk(episodes: list[Episode]) -> None:
             scorer.submit(episodes)
             if precompute:
-                reference.append(("learner", self.learner.precompute_reference.remote(episodes)))
+                reference.append(self.learner.precompute_reference(episodes))
 
         try:
             generated, gen = self.rollout.generate(problems, [self.prompt_ids[p.uid] for p in problems],
@@ -368,7 +359,7 @@ class Trainer:
         if [e.group_id for e in episodes] != [e.group_id for e in generated]:
             raise TrainingError(f"reward overlap: {len(episodes)} episodes scored for {len(generated)} generated")
         if reference:
-            seconds = gather(reference, cfg.resources.timeout_s, "reference logprobs during generation", TrainingError)
+            seconds = [self._get(call, "reference logprobs during generation") for call in reference]
             gen["time/reference_overlap_s"] = sum(seconds)
             gen["time/reference_wait_s"] = time.time() - generated_at
         return episodes, steps, gen, rew
@@ -381,11 +372,11 @@ class Trainer:
         t0 = time.time()
 
         def fill(folder: str) -> dict:
-            version = self._get(self.learner.save_checkpoint.remote(folder), f"checkpoint of step {step}: learner state")
+            version = self._get(self.learner.save_checkpoint(folder), f"checkpoint of step {step}: learner state")
             self.reward_models.save(folder)
             # a batch prefetched for the next step is generated again after a resume
             sampler = self._committed if self.prefetched is not None else self.sampler.state_dict()
-            return {"policy_version": version, "sampler": sampler,
+            return {"policy_version": version, "learner_ranks": self.cfg.learner.num_ranks, "sampler": sampler,
                     "reward_models": self.reward_models.state_dict(), "total_steps": self.cfg.total_steps}
 
         path = write_checkpoint(self.out_dir, step, fill, self.cfg.output.keep_last)
@@ -405,7 +396,7 @@ class Trainer:
             self.sampler.load_state_dict(state["sampler"])
         except ValueError as e:
             raise TrainingError(f"resume from {path}: {e} (the data or seed changed)") from e
-        version = self._get(self.learner.load_checkpoint.remote(path), f"resume from {path}: learner state")
+        version = self._get(self.learner.load_checkpoint(path), f"resume from {path}: learner state")
         if version != state["policy_version"]:
             raise TrainingError(f"resume from {path}: learner state holds {version} updates, the checkpoint says {state['policy_version']}")
         if self.rewards.weights.models:
@@ -467,7 +458,7 @@ class Trainer:
         bar.close()
         final = os.path.abspath(os.path.join(self.out_dir, "final"))
         if cfg.output.save_final:
-            self._get(self.learner.save_pretrained.remote(final), "saving the final policy")
+            self._get(self.learner.save_pretrained(final), "saving the final policy")
             print(f"saved policy to {final}", flush=True)
         logger.close()
         return final
@@ -502,7 +493,7 @@ class Trainer:
         from orchestrator.checkpoint import list_checkpoints, resume_hint
 
         try:
-            version = self._get(self.learner.ping.remote(), "asking the learner for its step")
+            version = self._get(self.learner.ping(), "asking the learner for its step")
             done = list_checkpoints(self.out_dir)
             if version == 0 or (done and done[-1][0] == version):
                 saved = ""
@@ -518,7 +509,7 @@ class Trainer:
                 saved = f" (step {step} was trained: state after it checkpointed to {self.checkpoint(step)})"
             else:
                 path = os.path.abspath(os.path.join(self.out_dir, f"policy_after_step_{version}"))
-                self._get(self.learner.save_pretrained.remote(path), "saving the policy after a failure")
+                self._get(self.learner.save_pretrained(path), "saving the policy after a failure")
                 saved = f" (policy after step {version} saved to {path})"
         except Exception as e:  # noqa: BLE001 - the learner itself may be what failed
             saved = f" (could not save the policy: {e})"
@@ -526,22 +517,11 @@ class Trainer:
         return saved + (f"\nto resume: {hint}" if hint else "")
 
     def shutdown(self) -> None:
-        from orchestrator.placement import release
-
         if hasattr(self, "logger"):
             self.logger.close(exit_code=1)  # a run that ended well has closed it already (close is idempotent)
-        if hasattr(self, "learner"):
-            try:
-                import ray
-
-                ray.get(self.learner.remove_weights_file.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - a dead learner has no file to remove (/dev/shm is cleared on reboot)
-                pass
-        for name in ("reward_models", "rollout", "rewards"):
+        for name in ("learner", "reward_models", "rollout", "rewards"):
             if hasattr(self, name):
                 getattr(self, name).shutdown()
-        if hasattr(self, "learner_pg"):
-            release(self.learner_pg)
         if hasattr(self, "run_lock"):
             from learner.weight_sync import sweep_weight_files
 

@@ -249,9 +249,9 @@ class RewardModelRounds:
             m[f"{kind}/serving_version"] = min(serving)
             metrics.update(m)
         if cfg.iterative.reset_reference:
-            self._get("learner", self.t.learner.reset_reference.remote(), "resetting the reference model")
-            metrics["iterative/reference_max_diff"] = self._get(
-                "learner", self.t.learner.reference_max_diff.remote(), "checking the reference reset")
+            self.t.learner.get(self.t.learner.reset_reference(), "resetting the reference model")
+            metrics["iterative/reference_max_diff"] = self.t.learner.get(
+                self.t.learner.reference_max_diff(), "checking the reference reset")
         self.recent = []
         metrics["time/iteration_s"] = time.time() - t0
         return metrics

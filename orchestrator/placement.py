@@ -53,7 +53,8 @@ def role_demands(cfg, num_engines: Optional[int] = None) -> dict[str, list[dict]
     n = cfg.rollout.num_workers if num_engines is None else num_engines
     return {
         "rollout": [engine_bundle(cfg) for _ in range(n)],
-        "learner": [learner_bundle(cfg)] + [reward_model_bundle(cfg) for _ in range(learned)],
+        "learner": [learner_bundle(cfg) for _ in range(cfg.learner.num_ranks)]
+                   + [reward_model_bundle(cfg) for _ in range(learned)],
         "reward": [reward_bundle(cfg) for _ in range(cfg.reward.num_workers)],
     }
 
@@ -121,12 +122,12 @@ def place(name: str, bundles: list[dict], timeout_s: float, strategy: str = "STR
     return pg
 
 
-def scheduling(pg) -> dict:
-    """Actor options that put an actor (and, for vLLM's Ray executor, its workers) in ``pg``."""
+def scheduling(pg, bundle_index: int = 0) -> dict:
+    """Actor options that put an actor (and, for vLLM's Ray executor, its workers) in bundle ``bundle_index`` of ``pg``."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
-        placement_group=pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)}
+        placement_group=pg, placement_group_bundle_index=bundle_index, placement_group_capture_child_tasks=True)}
 
 
 def actor_options(bundle: dict) -> dict:

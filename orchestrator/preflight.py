@@ -55,10 +55,14 @@ def preflight(cfg: TrainConfig) -> Preflight:
     eval_prompts = encode_prompts(tokenizer, eval_problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
     resume_from = None
     if cfg.output.resume:
-        from orchestrator.checkpoint import find_checkpoint, list_checkpoints
+        from orchestrator.checkpoint import find_checkpoint, list_checkpoints, read_state
 
         if cfg.output.resume != "if_exists" or list_checkpoints(cfg.output.dir):
             resume_from = find_checkpoint(cfg.output.dir, "auto" if cfg.output.resume == "if_exists" else cfg.output.resume)
+            ranks = int(read_state(resume_from).get("learner_ranks", 1))  # DeepSpeed's shards are per rank
+            if ranks != cfg.learner.num_ranks:
+                raise PreflightError(f"resume from {resume_from}: it was trained with learner.num_ranks={ranks}, this "
+                                     f"run has {cfg.learner.num_ranks}: resume with learner.num_ranks={ranks}")
     return Preflight(tokenizer, problems, prompt_ids, eval_problems, eval_prompts, resume_from)
 
 

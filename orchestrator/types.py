@@ -117,3 +117,7 @@ class RMSample:
         return cls(problem=Problem(**row["problem"]), steps=tuple(row["steps"]), label=float(row["label"]),
                    step_labels=tuple(float(x) for x in row.get("step_labels", ())),
                    policy_step=int(row.get("policy_step", 0)))
+
+
+class TrainingError(RuntimeError):
+    """A step failed; the message names the step and the component."""

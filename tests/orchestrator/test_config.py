@@ -54,6 +54,9 @@ def test_parse_overrides_nests():
     (["reward.overlap_samples=-1"], "reward.overlap_samples"),
     (["algorithm.clip_eps=1.5"], "algorithm.clip_eps"),
     (["learner.zero_stage=4"], "learner.zero_stage"),
+    (["learner.num_ranks=0"], "learner.num_ranks"),
+    (["learner.num_ranks=1.5"], "learner.num_ranks"),
+    (["learner.placement_strategy=RANDOM"], "learner.placement_strategy"),
     (["data.task=poetry"], "data.task"),
     (["rollout.group_size=abc"], "rollout.group_size"),
     (["rollout.group_size=2.5"], "rollout.group_size"),
@@ -144,3 +147,16 @@ def test_shipped_reward_model_configs():
 def test_eval_fields_validated(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(None, override)
+
+
+def test_learner_ranks_must_split_the_step_into_whole_groups():
+    """Each rank trains whole groups, the same number, in whole micro-batches: one line names the fields."""
+    base = ["data.questions_per_step=6", "rollout.group_size=4", "learner.micro_batch_size=4"]
+    assert load_config(None, base + ["learner.num_ranks=3"]).learner.num_ranks == 3
+    with pytest.raises(ConfigError, match=r"learner\.num_ranks=4 must divide data\.questions_per_step=6: each rank "
+                                          r"trains whole groups") as e:
+        load_config(None, base + ["learner.num_ranks=4"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"learner\.micro_batch_size=8 must divide each rank's share of the step's "
+                                          r"batch of data\.questions_per_step\*rollout\.group_size/learner\.num_ranks=12"):
+        load_config(None, base + ["learner.num_ranks=2", "learner.micro_batch_size=8"])

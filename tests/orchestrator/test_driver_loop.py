@@ -33,7 +33,7 @@ def _run(cfg):
     trainer = Trainer(cfg)
     try:
         trainer.train()
-        seen = ray.get(trainer.learner.batches_seen.remote())
+        seen = ray.get(trainer.learner.ranks[0].batches_seen.remote())
     finally:
         trainer.shutdown()
     records = [json.loads(line) for line in open(f"{cfg.output.dir}/metrics.jsonl")]

@@ -56,3 +56,10 @@ def test_config_rejects_cpu_or_gpu_as_custom_resources():
         _cfg("reward.resources={reward_node: 0}")
     with pytest.raises(ConfigError, match="must be a mapping"):
         _cfg("learner.resources=[1, 2]")
+
+
+def test_each_learner_rank_has_a_bundle():
+    cfg = _cfg("learner.num_ranks=4", "learner.num_gpus=1", "learner.num_cpus=8", "data.questions_per_step=8")
+    assert role_demands(cfg)["learner"] == [{"CPU": 8.0, "GPU": 1.0}] * 4
+    with pytest.raises(PlacementError, match=r"GPU: need 4 \(learner 4\), cluster has 2"):
+        check_cluster(role_demands(cfg, num_engines=0), {"CPU": 64.0, "GPU": 2.0})
