@@ -28,6 +28,13 @@ from bench.results import save_result  # noqa: E402
 def make_batches(cfg, tokenizer, steps: int, min_response: int, max_response: int, seed: int):
     """``steps`` collated batches of Q questions x G responses (G rows per prompt, as rollout gives them)."""
     from learner.batching import collate
+
+    return [(collate(episodes, pad_token_id=tokenizer.pad_token_id or 0), lengths)
+            for episodes, lengths in make_episodes(cfg, tokenizer, steps, min_response, max_response, seed)]
+
+
+def make_episodes(cfg, tokenizer, steps: int, min_response: int, max_response: int, seed: int):
+    """``steps`` (episodes, prompt lengths) of Q questions x G random responses each."""
     from orchestrator.data import QuestionSampler, encode_prompts, load_problems
     from orchestrator.types import Episode
 
@@ -46,7 +53,7 @@ def make_batches(cfg, tokenizer, steps: int, min_response: int, max_response: in
                                         response_token_ids=response, sampler_logprobs=tuple(-2.0 for _ in response),
                                         response_text="", finish_reason="stop", policy_version=0,
                                         reward=float(rng.random() < 0.3)))
-        out.append((collate(episodes, pad_token_id=tokenizer.pad_token_id or 0), [len(p) for p in prompts]))
+        out.append((episodes, [len(p) for p in prompts]))
     return out
 
 

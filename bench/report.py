@@ -239,6 +239,18 @@ def main() -> None:
             [f"| {r['variant'] or 'defaults'} | {r['zero_stage']} | {r['step_s']:.2f} | {r['reference_s']:.2f} | "
              f"{r['update_s']:.2f} | {r['shared_prompt_frac']:.0%} / {r['packed_frac']:.0%} | {', '.join(f'{g:.4f}' for g in r['grad_norms'])} |"
              for r in learner["rows"]])
+    ranks = load("learner_ranks")
+    if ranks:
+        st = ranks["settings"]
+        lines += section(
+            f"Learner ranks: the same cores as one rank or as several, {st['precision']}", ranks,
+            f"{st['cpu']}. Q={st['questions']} x G={st['group_size']}, responses {st['response_tokens'][0]}-"
+            f"{st['response_tokens'][1]} tokens, micro-batches of {st['micro_batch']}, the tiny model; medians of steps "
+            f"2-{st['steps']} on the same batches. Ranks x cores per rank; several ranks are one DeepSpeed group over "
+            "gloo, each rank training 1/N of the step's groups. The gradient norms show the same updates.",
+            ["ranks x cores", "ZeRO", "step s", "steps s", "grad norms"],
+            [f"| {r['layout']} | {r['zero_stage']} | {r['step_s']:.2f} | {', '.join(f'{s:.1f}' for s in r['steps_s'])} | "
+             f"{', '.join(f'{g:.5f}' for g in r['grad_norms'])} |" for r in ranks["rows"]])
     if summary:
         table = ["## Targets", "", "| what | measured | target | |", "|---|---|---|---|"]
         for name, value, target in summary:

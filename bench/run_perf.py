@@ -53,6 +53,8 @@ BENCHES = {
     "learner_step_gsm8k": ["bench/learner_step.py", "--precision", "bfloat16", "--task", "gsm8k", "--max-response", "128",
                            "--compare", "learner.shared_prompt=false learner.packed_sequences=false",
                            "learner.packed_sequences=false", "", "--out", "docs/bench/learner_step_gsm8k.json"],
+    # the same two cores as one learner rank or as two DeepSpeed ranks of one core each
+    "learner_ranks": ["bench/learner_ranks.py", "--layouts", "1x2", "2x1"],
 }
 
 
