@@ -45,11 +45,12 @@ def run_layout(ranks: int, cores: int, a, batches) -> dict:
 
     from orchestrator.config import load_config
     from orchestrator.learner_group import LearnerGroup
+    from orchestrator.memory_plan import load_shape, make_plan
     from orchestrator.types import Batch
 
     cfg = load_config(os.path.join(ROOT, "configs", "tiny_cpu.yaml"), [
         f"model.path={a.model}", f"model.dtype={a.precision}", f"data.questions_per_step={a.questions}",
-        f"rollout.group_size={a.group_size}", f"learner.num_ranks={ranks}", f"learner.num_cpus={cores}",
+        f"rollout.max_new_tokens={a.max_response}", f"rollout.group_size={a.group_size}", f"learner.num_ranks={ranks}", f"learner.num_cpus={cores}",
         f"learner.micro_batch_size={a.micro_batch}", "learner.lr=1e-5", "seed=0", "resources.timeout_s=1800"])
     ray.init(address="local", num_cpus=ranks * cores, include_dashboard=False, log_to_driver=False)
     try:
@@ -62,6 +63,9 @@ def run_layout(ranks: int, cores: int, a, batches) -> dict:
             steps.append({"step_s": time.time() - t0, "grad_norm": metrics["loss/grad_norm"]})
             print(f"{ranks}x{cores}: step {step} {steps[-1]['step_s']:.2f}s, grad norm {metrics['loss/grad_norm']:.5f}",
                   file=sys.stderr, flush=True)
+        peaks = ray.get([rank.peak_memory_gb.remote() for rank in group.ranks], timeout=60)
+        prompt = max(len(e.prompt_token_ids) for episodes, _ in batches for e in episodes)
+        plan = make_plan(cfg, load_shape(a.model), prompt_len=prompt)["roles"]["learner"]
         group.shutdown()
     finally:
         ray.shutdown()
@@ -69,7 +73,9 @@ def run_layout(ranks: int, cores: int, a, batches) -> dict:
     return {"layout": f"{ranks}x{cores}", "ranks": ranks, "cores_per_rank": cores,
             "zero_stage": cfg.learner.zero_stage if cfg.learner.zero_stage is not None else (0 if ranks == 1 else 2),
             "step_s": round(statistics.median(s["step_s"] for s in timed), 3),
-            "steps_s": [round(s["step_s"], 3) for s in steps], "grad_norms": [round(s["grad_norm"], 5) for s in steps]}
+            "steps_s": [round(s["step_s"], 3) for s in steps], "grad_norms": [round(s["grad_norm"], 5) for s in steps],
+            "peak_rss_gb": round(max(p["peak_rss_gb"] for p in peaks), 2), "plan_gb": round(plan["need_gb"], 2),
+            "plan_parts_gb": {k: round(v, 3) for k, v in plan["parts_gb"].items()}}
 
 
 def main() -> None:

@@ -248,9 +248,10 @@ def main() -> None:
             f"{st['response_tokens'][1]} tokens, micro-batches of {st['micro_batch']}, the tiny model; medians of steps "
             f"2-{st['steps']} on the same batches. Ranks x cores per rank; several ranks are one DeepSpeed group over "
             "gloo, each rank training 1/N of the step's groups. The gradient norms show the same updates.",
-            ["ranks x cores", "ZeRO", "step s", "steps s", "grad norms"],
+            ["ranks x cores", "ZeRO", "step s", "steps s", "grad norms", "peak RSS per rank GiB", "plan GiB (`grpo plan`)"],
             [f"| {r['layout']} | {r['zero_stage']} | {r['step_s']:.2f} | {', '.join(f'{s:.1f}' for s in r['steps_s'])} | "
-             f"{', '.join(f'{g:.5f}' for g in r['grad_norms'])} |" for r in ranks["rows"]])
+             f"{', '.join(f'{g:.5f}' for g in r['grad_norms'])} | {r.get('peak_rss_gb', float('nan')):.2f} | "
+             f"{r.get('plan_gb', float('nan')):.2f} |" for r in ranks["rows"]])
     if summary:
         table = ["## Targets", "", "| what | measured | target | |", "|---|---|---|---|"]
         for name, value, target in summary:

@@ -96,6 +96,16 @@ class LearnerWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def peak_memory_gb(self) -> dict:
+        """This rank's peak resident memory (the whole process: Python and torch included) and, on a GPU,
+        torch's peak allocation, in GiB: what the memory plan is checked against."""
+        import resource
+
+        out = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        if self.trainer.on_gpu:
+            out["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        return out
+
     def _collate(self, batch: Batch):
         return collate(batch.episodes, pad_token_id=self.trainer.pad_id)
 

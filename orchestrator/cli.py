@@ -121,6 +121,28 @@ def _config(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    """Per-device memory of each role (JSON on stdout, a table on stderr); exit 1 when a role cannot fit."""
+    from orchestrator.config import load_config
+    from orchestrator.memory_plan import PlanError, check_plan, describe, load_shape, make_plan
+
+    cfg = load_config(args.config, list(args.overrides))
+    try:
+        shape = load_shape(cfg.model.path, cfg.model.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - any failure to read the model's config is one line
+        print(f"error: model.path={cfg.model.path!r}: cannot read its config: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    plan = make_plan(cfg, shape, args.prompt_tokens)
+    print("\n".join(describe(plan)), file=sys.stderr)
+    print(json.dumps(plan))
+    try:
+        check_plan(plan)
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -167,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy from a local mirror (DIR/gsm8k/*.jsonl, DIR/math/*.jsonl) instead of the hub")
     d.add_argument("--tasks", default="gsm8k,math", help="comma-separated: gsm8k, math")
     d.set_defaults(func=_prepare_data)
+    pl = sub.add_parser("plan", help="per-device memory of the learner ranks and rollout engines of a config")
+    pl.add_argument("--config", "-c", help="YAML config (see configs/)")
+    pl.add_argument("--prompt-tokens", type=int,
+                    help="longest prompt to plan for (default data.max_prompt_tokens, the cap; pre-flight uses the real longest)")
+    pl.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. learner.num_ranks=8")
+    pl.set_defaults(func=_plan)
     c = sub.add_parser("config", help="print every config field with its default and meaning")
     c.set_defaults(func=_config)
     return p

@@ -293,6 +293,11 @@ class ResourcesConfig:
     """How long to wait for a role's placement group (its GPUs/CPUs/custom resources) before failing with what is missing."""
     check_cluster: bool = True
     """Before starting actors, check that the cluster has the CPUs, GPUs and custom resources every role asks for."""
+    check_memory: bool = True
+    """Pre-flight refuses a config whose learner rank or rollout engine cannot fit its device (``grpo plan``
+    shows the estimate), and on a local Ray one whose CPU roles together exceed this machine's RAM."""
+    gpu_memory_gb: Optional[float] = None
+    """Memory of each GPU for the memory plan; unset: the local GPU's, or 80 GiB where none is visible."""
 
 
 @dataclass

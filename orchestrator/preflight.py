@@ -9,10 +9,13 @@ of ``resources.address`` or starts a local Ray sized for the roles. Used by the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Optional
 
 from orchestrator.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(RuntimeError):
@@ -53,6 +56,8 @@ def preflight(cfg: TrainConfig) -> Preflight:
     if cfg.eval.every_steps and not eval_problems:
         raise PreflightError("eval.every_steps is set but there are no held-out questions (data.eval_file)")
     eval_prompts = encode_prompts(tokenizer, eval_problems, cfg.data.system_prompt, cfg.data.max_prompt_tokens)
+    if cfg.resources.check_memory:
+        check_memory(cfg, max((len(ids) for ids in prompt_ids), default=cfg.data.max_prompt_tokens))
     resume_from = None
     if cfg.output.resume:
         from orchestrator.checkpoint import find_checkpoint, list_checkpoints, read_state
@@ -97,3 +102,22 @@ def init_ray(cfg: TrainConfig) -> None:
 
 def _repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def check_memory(cfg, prompt_len: int) -> dict:
+    """The memory plan at the longest real prompt (orchestrator.memory_plan); PreflightError when a role cannot fit."""
+    import psutil
+
+    from orchestrator.memory_plan import PlanError, check_plan, load_shape, make_plan
+
+    try:
+        shape = load_shape(cfg.model.path, cfg.model.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - the tokenizer loaded; a model transformers cannot build on "meta" is not refused
+        log.warning("memory plan skipped: the shape of model.path=%r is unknown (%s)", cfg.model.path, str(e).splitlines()[0])
+        return {}
+    plan = make_plan(cfg, shape, prompt_len)
+    try:
+        check_plan(plan, host_ram_gb=psutil.virtual_memory().total / 2**30 if cfg.resources.address is None else None)
+    except PlanError as e:
+        raise PreflightError(str(e)) from None
+    return plan
