@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 GRPO    = $(VENV)/bin/grpo
 export VLLM_CONFIGURE_LOGGING ?= 0
 
-.PHONY: setup model train test test-fast bench bench-perf chaos clean
+.PHONY: setup model train test test-fast test-multinode bench bench-perf chaos clean
 
 setup: $(VENV)/.installed-$(EXTRA)
 
@@ -26,9 +26,13 @@ model: setup
 train: model
 	$(GRPO) train -c configs/tiny_cpu.yaml
 
-# everything but the chaos test (8-15 minutes of random kills: `make chaos` runs the bench itself)
+# everything but the chaos test (8-15 minutes of random kills: `make chaos` runs the bench itself) and the
+# two-node test (its `ray stop --force` stops every Ray process on the machine: `make test-multinode`)
 test: model
-	$(PY) -m pytest -q -m "not chaos"
+	$(PY) -m pytest -q -m "not chaos and not multinode"
+
+test-multinode: model
+	$(PY) -m pytest -q -m multinode
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -235,6 +235,9 @@ class LearnerConfig:
     """Learner ranks: one DeepSpeed data-parallel group of this many Ray actors, each with num_gpus/num_cpus.
     Each rank trains on 1/num_ranks of the step's groups (whole groups: data.questions_per_step must divide by
     it); NCCL when every rank has a GPU, gloo on CPU. Rank 0 alone sends weights to the engines."""
+    rank0_resources: dict = field(default_factory=dict)
+    """Custom Ray resources of rank 0 alone, besides learner.resources: pins the rank that hosts the rendezvous
+    and sends the weights to the engines to a node, e.g. {learner_head: 1}."""
     placement_strategy: str = "PACK"
     """Ray placement of the learner ranks' bundles: PACK (default: as few nodes as possible), SPREAD (across
     nodes), STRICT_PACK (one node) or STRICT_SPREAD (one rank per node)."""

@@ -128,10 +128,11 @@ def validate(cfg) -> None:
             raise ConfigError(f"config field {name}={_get(cfg, name)!r} {why}")
     check_learner_split(cfg.data.questions_per_step, cfg.rollout.group_size, cfg.learner.num_ranks,
                         cfg.learner.micro_batch_size)
-    for role in ("rollout", "reward", "learner"):
-        for key, amount in getattr(cfg, role).resources.items():
+    for role, field_name in (("rollout", "resources"), ("reward", "resources"), ("learner", "resources"),
+                             ("learner", "rank0_resources")):
+        for key, amount in getattr(getattr(cfg, role), field_name).items():
             if key in ("CPU", "GPU", "memory") or not isinstance(amount, (int, float)) or amount <= 0:
-                raise ConfigError(f"config field {role}.resources has {key}={amount!r}: custom resources need a "
+                raise ConfigError(f"config field {role}.{field_name} has {key}={amount!r}: custom resources need a "
                                   "positive amount (CPUs and GPUs have their own fields)")
     for name, package in missing_packages(cfg.logging)[:1]:
         raise ConfigError(f"config field logging.{name}={_get(cfg.logging, name)!r} needs the {package!r} package, "

@@ -82,8 +82,6 @@ class Trainer:
             raise PreflightError(str(e)) from None
 
     def setup(self) -> None:
-        import ray
-
         from orchestrator.data import QuestionSampler
         from orchestrator.iterative import RewardModelRounds
         from orchestrator.learner_group import LearnerGroup
@@ -108,6 +106,7 @@ class Trainer:
         max_len = max(len(ids) for ids in prompt_ids) + cfg.rollout.max_new_tokens
         self.sync_mode = cfg.resources.weight_sync
         self.sync_parts: dict[str, float] = {}
+        self.sync_other_node = 0
         if self.sync_mode == "auto":
             self.sync_mode = "nccl" if cfg.rollout.num_gpus_per_worker > 0 and cfg.learner.num_gpus > 0 else "shm"
         print("starting actors: vLLM engines, reward workers, DeepSpeed learner ...", flush=True)
@@ -149,6 +148,7 @@ class Trainer:
         """
         t0 = time.time()
         self.sync_parts = {}
+        self.sync_other_node = 0  # engines that got the weights through the object store, off rank 0's node
         if self.sync_mode == "nccl":
             gone = self._nccl_engines - set(self.rollout.names)
             if gone:
@@ -166,6 +166,7 @@ class Trainer:
             remote = [n for n in nodes if nodes[n] != node]
             if local:
                 self.sync_parts["engine_load_s"] = self.rollout.sync_weights_path(path, version, local)
+            self.sync_other_node = len(remote)
             if remote:  # engines on other nodes: through the object store
                 blob = self.learner.export_weights_blob(self.rollout.dtype)
                 self.rollout.sync_weights_blob(blob, version, remote)
@@ -265,6 +266,7 @@ class Trainer:
             "rollout/tokens_per_s": tokens / max(gen["time/generate_s"], 1e-9),
             "time/sync_s": sync_s,
             **{f"time/sync_{k}": v for k, v in self.sync_parts.items()},
+            "sync/engines_other_node": self.sync_other_node,
             "time/step_s": time.time() - t0,
             "policy_version": step,
             "rollout/policy_lag": step - 1 - min(e.policy_version for e in episodes),

@@ -87,21 +87,25 @@ class LearnerGroup:
         self.zero3 = self.size > 1 and cfg.learner.zero_stage == 3
         self.lost: Optional[str] = None
         self._side: list[tuple[str, object]] = []  # calls of ranks > 0 whose answer nobody waits for
-        bundle = learner_bundle(cfg)
+        bundles = [learner_bundle(cfg, rank) for rank in range(self.size)]
         strategy = cfg.learner.placement_strategy if self.size > 1 else "STRICT_PACK"
-        self.pg = place("learner", [bundle] * self.size, cfg.resources.placement_timeout_s, strategy)
+        self.pg = place("learner", bundles, cfg.resources.placement_timeout_s, strategy)
         address, port = "127.0.0.1", None  # one rank: its own free port
         if self.size > 1:
             task = ray.remote(rendezvous_address).options(num_cpus=0, **scheduling(self.pg, 0))
             address, port = ray.get(task.remote(), timeout=cfg.resources.timeout_s)
         self.names = ["learner"] if self.size == 1 else [f"learner-rank-{r}" for r in range(self.size)]
         self.ranks = [
-            ray.remote(LearnerWorker).options(**actor_options(bundle), **scheduling(self.pg, r)).remote(
+            ray.remote(LearnerWorker).options(**actor_options(bundles[r]), **scheduling(self.pg, r)).remote(
                 cfg, batch_size, rank=r, world_size=self.size, master_addr=address, master_port=port, run_id=run_id)
             for r in range(self.size)
         ]
         if self.size > 1:
             print(f"learner: {self.size} ranks ({strategy}), rendezvous at {address}:{port}", flush=True)
+
+    def node_ids(self) -> list[str]:
+        """The Ray node of each rank, in rank order."""
+        return self.get(self._everyone("node_id", combine=list), "locating the learner ranks")
 
     # ------------------------------------------------------------------------------ plumbing
     def _call(self, method: str, *args, ranks: Optional[Sequence[int]] = None, **kwargs) -> list[tuple[str, object]]:

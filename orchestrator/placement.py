@@ -27,9 +27,14 @@ def engine_bundle(cfg) -> dict:
                    **{k: float(v) for k, v in rc.resources.items()}})
 
 
-def learner_bundle(cfg) -> dict:
+def learner_bundle(cfg, rank: int = 0) -> dict:
+    """The bundle of learner rank ``rank``: learner.resources, plus learner.rank0_resources for rank 0."""
     lc = cfg.learner
-    return _clean({"CPU": float(lc.num_cpus), "GPU": float(lc.num_gpus), **{k: float(v) for k, v in lc.resources.items()}})
+    custom = {k: float(v) for k, v in lc.resources.items()}
+    if rank == 0:
+        for k, v in lc.rank0_resources.items():
+            custom[k] = custom.get(k, 0.0) + float(v)
+    return _clean({"CPU": float(lc.num_cpus), "GPU": float(lc.num_gpus), **custom})
 
 
 def reward_model_bundle(cfg) -> dict:
@@ -53,7 +58,7 @@ def role_demands(cfg, num_engines: Optional[int] = None) -> dict[str, list[dict]
     n = cfg.rollout.num_workers if num_engines is None else num_engines
     return {
         "rollout": [engine_bundle(cfg) for _ in range(n)],
-        "learner": [learner_bundle(cfg) for _ in range(cfg.learner.num_ranks)]
+        "learner": [learner_bundle(cfg, rank) for rank in range(cfg.learner.num_ranks)]
                    + [reward_model_bundle(cfg) for _ in range(learned)],
         "reward": [reward_bundle(cfg) for _ in range(cfg.reward.num_workers)],
     }

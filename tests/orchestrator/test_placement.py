@@ -63,3 +63,9 @@ def test_each_learner_rank_has_a_bundle():
     assert role_demands(cfg)["learner"] == [{"CPU": 8.0, "GPU": 1.0}] * 4
     with pytest.raises(PlacementError, match=r"GPU: need 4 \(learner 4\), cluster has 2"):
         check_cluster(role_demands(cfg, num_engines=0), {"CPU": 64.0, "GPU": 2.0})
+
+
+def test_rank0_resources_pin_rank_zero_only():
+    cfg = _cfg("learner.num_ranks=2", "data.questions_per_step=2", "learner.num_cpus=1", "learner.resources={gpu_box: 1}",
+               "learner.rank0_resources={gpu_box: 1, head: 1}")
+    assert role_demands(cfg)["learner"] == [{"CPU": 1.0, "gpu_box": 2.0, "head": 1.0}, {"CPU": 1.0, "gpu_box": 1.0}]
