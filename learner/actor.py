@@ -96,11 +96,6 @@ class LearnerWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
     def peak_memory_gb(self) -> dict:
         """This rank's peak resident memory (the whole process: Python and torch included) and, on a GPU,
         torch's peak allocation, in GiB: what the memory plan is checked against."""

@@ -103,10 +103,6 @@ class LearnerGroup:
         if self.size > 1:
             print(f"learner: {self.size} ranks ({strategy}), rendezvous at {address}:{port}", flush=True)
 
-    def node_ids(self) -> list[str]:
-        """The Ray node of each rank, in rank order."""
-        return self.get(self._everyone("node_id", combine=list), "locating the learner ranks")
-
     # ------------------------------------------------------------------------------ plumbing
     def _call(self, method: str, *args, ranks: Optional[Sequence[int]] = None, **kwargs) -> list[tuple[str, object]]:
         if self.lost:
