@@ -113,6 +113,9 @@ class LearnerGroup:
     def _everyone(self, method: str, *args, combine=None, **kwargs) -> LearnerCall:
         return LearnerCall(self._call(method, *args, **kwargs), combine or (lambda values: values[0]))
 
+    def _rank0(self, method: str, *args) -> LearnerCall:
+        return LearnerCall(self._call(method, *args, ranks=[0]))
+
     def _collective(self, method: str, *args, **kwargs) -> LearnerCall:
         """Rank 0's answer; the other ranks are called too where the call gathers ZeRO-3 partitions."""
         return LearnerCall(self._call(method, *args, ranks=None if self.zero3 else [0], **kwargs))
@@ -169,15 +172,9 @@ class LearnerGroup:
 
     def teardown(self, why: str) -> None:
         """Kill every rank (one lost rank leaves the others waiting in a collective); later calls fail with ``why``."""
-        import ray
-
         log.error("%s", why)
         self.lost = why.splitlines()[0]
-        for handle in self.ranks:
-            try:
-                ray.kill(handle, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        self._kill_ranks()
 
     def shutdown(self) -> None:
         import ray
@@ -189,12 +186,17 @@ class LearnerGroup:
                 ray.get(self.ranks[0].remove_weights_file.remote(), timeout=30)
             except Exception:  # noqa: BLE001 - a dead learner has no file to remove (/dev/shm is cleared on reboot)
                 pass
+        self._kill_ranks()
+        release(self.pg)
+
+    def _kill_ranks(self) -> None:
+        import ray
+
         for handle in self.ranks:
             try:
                 ray.kill(handle, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        release(self.pg)
 
     # ------------------------------------------------------------------------------ calls
     def ping(self) -> LearnerCall:
@@ -228,13 +230,13 @@ class LearnerGroup:
         return ref
 
     def weights_nbytes(self, dtype: str) -> LearnerCall:
-        return LearnerCall(self._call("weights_nbytes", dtype, ranks=[0]))
+        return self._rank0("weights_nbytes", dtype)
 
     def init_nccl_sync(self, engines: dict, tp: int, dtype: str) -> LearnerCall:
-        return LearnerCall(self._call("init_nccl_sync", engines, tp, dtype, ranks=[0]))
+        return self._rank0("init_nccl_sync", engines, tp, dtype)
 
     def drop_nccl_engines(self, names: Sequence[str]) -> LearnerCall:
-        return LearnerCall(self._call("drop_nccl_engines", names, ranks=[0]))
+        return self._rank0("drop_nccl_engines", names)
 
     def nccl_send(self, version: int, names: Sequence[str]) -> LearnerCall:
         return self._collective("nccl_send", version, list(names))
